@@ -1,0 +1,72 @@
+//! The broker seam: how events and control messages reach every node.
+//!
+//! `Broker` is the async, control-plane side (subscribe, publish, ping); `Deliver` is the
+//! synchronous handler the Hub implements, called once per incoming event in channel order.
+//! Only `node.rs` and `cli.rs` name a concrete broker.
+//!
+//! Owns: the traits, `Delivery`, `ControlMessage`, `BrokerError`.  May use: codec, ids, scope.
+//! Never: know about sessions or sockets. Invariants: `Deliver::deliver` never awaits.
+
+pub mod codec;
+pub mod memory;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::KeyId;
+pub use codec::{ChannelKey, DecodeError, Event};
+
+/// A message between nodes about keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ControlMessage {
+    /// Close every stream of this key with 4003 and forget any cached copy of it.
+    Revoke { key_id: KeyId },
+}
+
+/// What a broker hands to the node.
+#[derive(Debug)]
+pub enum Delivery {
+    Event {
+        channel: ChannelKey,
+        event: Arc<Event>,
+    },
+    /// A producer message that failed validation; it reaches no client.
+    Malformed {
+        channel: String,
+        error: DecodeError,
+    },
+    Control(ControlMessage),
+    /// The broker lost its connection: anything published meanwhile was lost.
+    Gap,
+}
+
+/// The node's handler for deliveries. Called in order per channel, never awaits.
+pub trait Deliver: Send + Sync + 'static {
+    fn deliver(&self, delivery: Delivery);
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    #[error("invalid event: {0}")]
+    InvalidEvent(#[from] DecodeError),
+}
+
+/// Publish/subscribe transport between producers and nodes.
+#[async_trait::async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Starts receiving `channel` on this node (idempotent).
+    async fn subscribe(&self, channel: &ChannelKey) -> Result<(), BrokerError>;
+    /// Stops receiving `channel` on this node (idempotent).
+    async fn unsubscribe(&self, channel: &ChannelKey) -> Result<(), BrokerError>;
+    /// Publishes one producer message (SPEC §5 JSON) to every node.
+    async fn publish(&self, channel: &ChannelKey, event_json: Bytes) -> Result<(), BrokerError>;
+    /// Publishes a control message to every node, this one included.
+    async fn publish_control(&self, msg: &ControlMessage) -> Result<(), BrokerError>;
+    /// Answers when the broker is usable (`/readyz`).
+    async fn ping(&self) -> Result<(), BrokerError>;
+}

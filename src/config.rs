@@ -1,0 +1,298 @@
+//! Server configuration: one flat struct whose every field has a default, layered as
+//! built-in defaults (== `config/default.toml`) < `--config FILE` < `MITEOS_*` env < flags.
+//!
+//! Owns: setting names, defaults and validation.  May use: std, serde, figment, humantime.
+//! Never: network I/O, opening the data directory. Invariants: `load` never panics; every
+//! error names the setting at fault in one line.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use figment::{
+    providers::{Env, Format, Serialized, Toml},
+    Figment,
+};
+use serde::{Deserialize, Serialize};
+
+/// Every setting of the server. See `config/default.toml` for the documented defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Public listener: `/v1/ws`, `/v1/api-keys`, `/healthz`, `/readyz`.
+    pub listen: SocketAddr,
+    /// Admin listener: `/metrics`, `POST /internal/v1/publish`. Keep it off the internet.
+    pub admin_listen: SocketAddr,
+    /// `listen(2)` backlog of both listeners (tokio's default of 128 drops SYNs in a storm).
+    pub listen_backlog: u32,
+    /// Directory of the embedded key store (`keys.redb`) and the generated admin token.
+    pub data_dir: PathBuf,
+    /// Redis URL; when set the node runs in Redis mode (issue 4), else embedded.
+    pub redis_url: Option<String>,
+    /// Bearer token for the admin listener's publish endpoint. When unset the server
+    /// generates one and writes it to `<data_dir>/admin_token` (mode 0600).
+    pub admin_token: Option<String>,
+    /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
+    pub log: String,
+    /// Time a client has to send complete request headers (slowloris guard).
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line + headers) in bytes; at least 8192.
+    pub max_header_bytes: usize,
+    /// Largest HTTP request body in bytes (larger → 413 `body_too_large`).
+    pub max_body_bytes: usize,
+    /// Time after the upgrade within which the `auth` message must arrive (else close 4002).
+    #[serde(with = "duration")]
+    pub auth_timeout: Duration,
+    /// Interval of server WebSocket pings.
+    #[serde(with = "duration")]
+    pub ping_interval: Duration,
+    /// Time after a ping within which any frame must arrive (else close 4004).
+    #[serde(with = "duration")]
+    pub pong_timeout: Duration,
+    /// How long a server-initiated close keeps trying to deliver the close frame.
+    #[serde(with = "duration")]
+    pub close_timeout: Duration,
+    /// On SIGTERM/SIGINT, the longest the process waits for sockets to close before exiting.
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+    /// Largest client WebSocket message or frame in bytes (larger → close 1009).
+    pub max_message_bytes: usize,
+    /// Largest producer event in bytes (larger events are dropped and counted).
+    pub max_event_bytes: usize,
+    /// Frames queued per connection before it counts as a slow consumer (close 4009).
+    pub outbox_capacity: usize,
+    /// WebSocket read buffer per connection in bytes (tungstenite allocates it up front).
+    pub ws_read_buffer_bytes: usize,
+    /// Bytes of frames a connection's writer gathers before a `write()` (coalescing).
+    pub ws_write_buffer_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            listen_backlog: 4096,
+            data_dir: PathBuf::from("./data"),
+            redis_url: None,
+            admin_token: None,
+            log: "info".into(),
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: 64 * 1024,
+            auth_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(10),
+            max_message_bytes: 4 * 1024,
+            max_event_bytes: 64 * 1024,
+            outbox_capacity: 1024,
+            ws_read_buffer_bytes: 1024,
+            ws_write_buffer_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// Command-line flags that override every other layer.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Flags {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// A configuration that cannot be used; `Display` is one line naming the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid config: {setting}: {message}")]
+pub struct ConfigError {
+    pub setting: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(setting: &str, message: impl Into<String>) -> Self {
+        Self { setting: setting.to_owned(), message: message.into() }
+    }
+}
+
+impl Config {
+    /// Layers defaults < `file` < `MITEOS_*` environment < `flags`, then validates.
+    pub fn load(file: Option<&Path>, flags: &Flags) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::new(
+                    "--config",
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        let names = Self::setting_names();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        fig = fig.merge(Env::prefixed("MITEOS_").only(&names)).merge(Serialized::defaults(flags));
+        let config: Config = fig.extract().map_err(|e| {
+            let first = e.into_iter().next();
+            let setting = first.as_ref().map(|e| e.path.join(".")).unwrap_or_default();
+            let message = first.map(|e| e.kind.to_string()).unwrap_or_default();
+            ConfigError::new(if setting.is_empty() { "config" } else { &setting }, message)
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document on top of the defaults (no environment, no flags).
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract::<Config>()
+            .map_err(|e| ConfigError::new("config", e.to_string()))
+    }
+
+    /// The names of all settings (the keys `MITEOS_<NAME>` may set).
+    pub fn setting_names() -> Vec<String> {
+        match serde_json::to_value(Config::default()) {
+            // `None` fields serialise as `null`, so every field is a key here.
+            Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Rejects values the server cannot run with.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("header_read_timeout", self.header_read_timeout),
+            ("auth_timeout", self.auth_timeout),
+            ("ping_interval", self.ping_interval),
+            ("pong_timeout", self.pong_timeout),
+            ("close_timeout", self.close_timeout),
+            ("shutdown_grace", self.shutdown_grace),
+        ];
+        for (name, d) in positive {
+            if d.is_zero() {
+                return Err(ConfigError::new(name, "must be greater than zero"));
+            }
+        }
+        let at_least = [
+            ("max_header_bytes", self.max_header_bytes, 8192),
+            ("max_body_bytes", self.max_body_bytes, 1),
+            ("max_message_bytes", self.max_message_bytes, 128),
+            ("max_event_bytes", self.max_event_bytes, 64),
+            ("outbox_capacity", self.outbox_capacity, 1),
+            ("ws_read_buffer_bytes", self.ws_read_buffer_bytes, 64),
+            ("listen_backlog", self.listen_backlog as usize, 1),
+        ];
+        for (name, v, min) in at_least {
+            if v < min {
+                return Err(ConfigError::new(name, format!("must be at least {min}, got {v}")));
+            }
+        }
+        if let Some(url) = &self.redis_url {
+            let ok = ["redis://", "rediss://", "unix://", "redis+unix://"]
+                .iter()
+                .any(|p| url.starts_with(p));
+            if !ok {
+                return Err(ConfigError::new(
+                    "redis_url",
+                    "must start with redis://, rediss:// or unix://",
+                ));
+            }
+        }
+        if let Some(t) = &self.admin_token {
+            if t.len() < 16 {
+                return Err(ConfigError::new("admin_token", "must be at least 16 characters"));
+            }
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::new("data_dir", "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+/// Durations as humantime strings (`"10s"`, `"250ms"`) or a number of seconds.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(u64),
+        Float(f64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        match Raw::deserialize(d)? {
+            Raw::Int(secs) => Ok(Duration::from_secs(secs)),
+            Raw::Float(secs) if secs.is_finite() && secs >= 0.0 => {
+                Ok(Duration::from_secs_f64(secs))
+            }
+            Raw::Float(_) => {
+                Err(de::Error::custom("a duration must be a non-negative number of seconds"))
+            }
+            Raw::Text(t) => humantime::parse_duration(t.trim()).map_err(|e| {
+                de::Error::custom(format!("`{t}` is not a duration like \"10s\" or \"250ms\": {e}"))
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_text_and_seconds() {
+        let c = Config::from_toml_str(
+            "auth_timeout = \"250ms\"\nping_interval = 3\npong_timeout = 1.5",
+        )
+        .unwrap();
+        assert_eq!(c.auth_timeout, Duration::from_millis(250));
+        assert_eq!(c.ping_interval, Duration::from_secs(3));
+        assert_eq!(c.pong_timeout, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn unknown_setting_and_bad_value_are_named() {
+        let e = Config::from_toml_str("auth_timout = \"1s\"").unwrap_err();
+        assert!(e.to_string().contains("auth_timout"), "{e}");
+        let e = Config::from_toml_str("auth_timeout = \"soon\"").unwrap_err();
+        assert!(e.to_string().contains("soon"), "{e}");
+    }
+
+    #[test]
+    fn validation_names_the_setting() {
+        let c = Config { max_header_bytes: 10, ..Config::default() };
+        assert_eq!(c.validate().unwrap_err().setting, "max_header_bytes");
+        let c = Config { ping_interval: Duration::ZERO, ..Config::default() };
+        assert_eq!(c.validate().unwrap_err().setting, "ping_interval");
+        let c = Config { redis_url: Some("http://x".into()), ..Config::default() };
+        assert_eq!(c.validate().unwrap_err().setting, "redis_url");
+        assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn setting_names_cover_every_field() {
+        let names = Config::setting_names();
+        assert!(
+            names.contains(&"redis_url".to_owned()) && names.contains(&"auth_timeout".to_owned())
+        );
+        assert_eq!(names.len(), 20);
+    }
+}

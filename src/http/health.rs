@@ -1,0 +1,52 @@
+//! `/healthz` (the process runs), `/readyz` (broker and key store answer) and `/metrics`.
+//!
+//! May use: state, metrics, body.  Never: block on a dead backend longer than a second.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{header, Response, StatusCode};
+use serde_json::json;
+
+use super::body;
+use crate::state::AppState;
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub fn healthz() -> Response<Full<Bytes>> {
+    body::json(StatusCode::OK, &json!({"status": "ok"}))
+}
+
+pub async fn readyz(state: &AppState) -> Response<Full<Bytes>> {
+    let broker = tokio::time::timeout(CHECK_TIMEOUT, state.hub.broker().ping()).await;
+    let store = tokio::time::timeout(CHECK_TIMEOUT, state.keys.store().ping()).await;
+    let broker_ok = matches!(broker, Ok(Ok(())));
+    let store_ok = matches!(store, Ok(Ok(())));
+    if state.shutdown.token.is_cancelled() {
+        return body::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "unavailable", "reason": "shutting down"}),
+        );
+    }
+    if broker_ok && store_ok {
+        return body::json(StatusCode::OK, &json!({"status": "ready"}));
+    }
+    let reason = match (broker_ok, store_ok) {
+        (false, false) => "broker and key store unavailable",
+        (false, true) => "broker unavailable",
+        _ => "key store unavailable",
+    };
+    body::json(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "unavailable", "reason": reason}))
+}
+
+pub fn metrics(state: &Arc<AppState>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(state.metrics.render())));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+    );
+    resp
+}

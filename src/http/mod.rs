@@ -1,0 +1,59 @@
+//! Request routing for the two listeners, and the access log (paths only, queries redacted).
+//!
+//! Owns: which (listener, method, path) goes to which handler.  May use: state, error, ws,
+//! the handlers below.  Never: log a query string unredacted or a header value.
+
+pub mod body;
+pub mod health;
+pub mod publish;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{body::Incoming, Method, Request, Response};
+
+use crate::{error::ApiError, state::AppState, telemetry::redact_uri, ws};
+
+/// Which listener a request arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Public,
+    Admin,
+}
+
+/// Routes one request and logs it.
+pub async fn route(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    state: Arc<AppState>,
+    listener: Listener,
+) -> Response<Full<Bytes>> {
+    let method = req.method().clone();
+    let uri = redact_uri(req.uri());
+    let resp = dispatch(req, peer, &state, listener).await;
+    tracing::debug!(%peer, %method, uri = %uri, status = resp.status().as_u16(), "request");
+    resp
+}
+
+async fn dispatch(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    state: &Arc<AppState>,
+    listener: Listener,
+) -> Response<Full<Bytes>> {
+    use Listener::{Admin, Public};
+    let path = req.uri().path().to_owned();
+    let m = req.method();
+    match (listener, path.as_str()) {
+        (_, "/healthz") if m == Method::GET => health::healthz(),
+        (_, "/readyz") if m == Method::GET => health::readyz(state).await,
+        (Public, "/v1/ws") => ws::upgrade::handle(req, peer, state).await,
+        (Admin, "/metrics") if m == Method::GET => health::metrics(state),
+        (Admin, "/internal/v1/publish") if m == Method::POST => publish::handle(req, state).await,
+        (_, "/healthz" | "/readyz") | (Admin, "/metrics" | "/internal/v1/publish") => {
+            ApiError::method_not_allowed().into_response()
+        }
+        _ => ApiError::not_found().into_response(),
+    }
+}

@@ -1,0 +1,248 @@
+//! The Hub: this node's registry of sessions and of who is subscribed to which channel,
+//! and the fan-out of every incoming event to the matching Outboxes.
+//!
+//! Subscribing the first local subscriber of a channel subscribes the broker (under a
+//! per-channel lock); the last one leaving dissolves the channel after `UNSUBSCRIBE_DELAY`,
+//! so churn does not flap broker subscriptions.
+//!
+//! Owns: `channels`, `sessions`, the dispatch loop.  May use: broker (traits), outbox,
+//! protocol, metrics.  Never: await or do I/O inside `deliver`; hold a map guard across `.await`.
+//! Invariants: per channel, events are pushed to every Outbox in the order `deliver` saw them.
+
+use std::{
+    sync::{Arc, Weak},
+    time::Duration,
+};
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+
+use crate::{
+    broker::{Broker, BrokerError, ChannelKey, ControlMessage, Deliver, Delivery},
+    ids::{ConnId, KeyId},
+    metrics::Metrics,
+    outbox::{Outbox, Push},
+    protocol::{close::CloseCode, filter::EventFilter},
+    token::TokenHash,
+};
+
+/// How long a channel with no local subscriber stays subscribed at the broker.
+pub const UNSUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
+
+/// One subscriber of one channel.
+struct Sub {
+    conn: ConnId,
+    outbox: Arc<Outbox>,
+    filter: Option<Arc<EventFilter>>,
+}
+
+#[derive(Default)]
+struct Channel {
+    subs: Mutex<Vec<Sub>>,
+    /// Whether the broker is subscribed; also serialises broker calls for this channel.
+    at_broker: tokio::sync::Mutex<bool>,
+}
+
+/// What the Hub knows about a session, for closing it by key or all at once.
+pub struct SessionEntry {
+    pub key_id: KeyId,
+    pub secret: TokenHash,
+    pub outbox: Arc<Outbox>,
+}
+
+pub struct Hub {
+    me: Weak<Hub>,
+    broker: Arc<dyn Broker>,
+    channels: DashMap<ChannelKey, Arc<Channel>>,
+    sessions: DashMap<ConnId, SessionEntry>,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    /// Builds the Hub and its broker together: the broker gets a weak handle to the Hub.
+    pub fn new(
+        metrics: Arc<Metrics>,
+        make_broker: impl FnOnce(Weak<dyn Deliver>) -> Arc<dyn Broker>,
+    ) -> Arc<Hub> {
+        Arc::new_cyclic(|me: &Weak<Hub>| {
+            let handler: Weak<dyn Deliver> = me.clone();
+            Hub {
+                me: me.clone(),
+                broker: make_broker(handler),
+                channels: DashMap::new(),
+                sessions: DashMap::new(),
+                metrics,
+            }
+        })
+    }
+
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+
+    // === sessions ===
+
+    pub fn register(&self, conn: ConnId, entry: SessionEntry) {
+        self.sessions.insert(conn, entry);
+    }
+
+    pub fn deregister(&self, conn: ConnId) {
+        self.sessions.remove(&conn);
+    }
+
+    /// Sessions registered on this node.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Asks every session of `key_id` (optionally only those using one secret) to close.
+    pub fn close_key(&self, key_id: &KeyId, secret: Option<&TokenHash>, code: CloseCode) -> usize {
+        let mut n = 0;
+        for s in self.sessions.iter() {
+            if s.key_id == *key_id && secret.is_none_or(|h| s.secret == *h) && s.outbox.close(code)
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Asks every session to close (shutdown: 1001).
+    pub fn close_all(&self, code: CloseCode) {
+        for s in self.sessions.iter() {
+            s.outbox.close(code);
+        }
+    }
+
+    // === subscriptions ===
+
+    /// Adds (or updates the filter of) `conn` on `key`, subscribing the broker first if
+    /// this node had no subscriber yet. On a broker error nothing changes.
+    pub async fn subscribe(
+        &self,
+        key: &ChannelKey,
+        conn: ConnId,
+        outbox: &Arc<Outbox>,
+        filter: Option<Arc<EventFilter>>,
+    ) -> Result<(), BrokerError> {
+        loop {
+            let ch = self.channels.entry(key.clone()).or_default().clone();
+            {
+                let mut at_broker = ch.at_broker.lock().await;
+                if !*at_broker {
+                    self.broker.subscribe(key).await?;
+                    *at_broker = true;
+                }
+            }
+            // Add under the map guard, so a concurrent dissolve cannot orphan the channel.
+            if let Some(current) = self.channels.get(key) {
+                if Arc::ptr_eq(&current, &ch) {
+                    let mut subs = current.subs.lock();
+                    match subs.iter_mut().find(|s| s.conn == conn) {
+                        Some(s) => s.filter = filter,
+                        None => subs.push(Sub { conn, outbox: outbox.clone(), filter }),
+                    }
+                    return Ok(());
+                }
+            }
+            // The channel was dissolved meanwhile: start again with a fresh one.
+        }
+    }
+
+    /// Removes `conn` from `key`; the last subscriber leaving schedules the dissolve.
+    pub fn unsubscribe(&self, key: &ChannelKey, conn: ConnId) {
+        let Some(ch) = self.channels.get(key).map(|c| c.clone()) else { return };
+        let now_empty = {
+            let mut subs = ch.subs.lock();
+            let before = subs.len();
+            subs.retain(|s| s.conn != conn);
+            before != subs.len() && subs.is_empty()
+        };
+        if now_empty {
+            self.schedule_dissolve(key.clone());
+        }
+    }
+
+    fn schedule_dissolve(&self, key: ChannelKey) {
+        let me = self.me.clone();
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        rt.spawn(async move {
+            tokio::time::sleep(UNSUBSCRIBE_DELAY).await;
+            if let Some(hub) = me.upgrade() {
+                hub.dissolve(&key).await;
+            }
+        });
+    }
+
+    /// Drops a channel that is still empty and unsubscribes the broker.
+    async fn dissolve(&self, key: &ChannelKey) {
+        let Some(ch) = self.channels.get(key).map(|c| c.clone()) else { return };
+        let mut at_broker = ch.at_broker.lock().await;
+        let removed = self
+            .channels
+            .remove_if(key, |_, c| Arc::ptr_eq(c, &ch) && c.subs.lock().is_empty())
+            .is_some();
+        if removed && *at_broker {
+            if let Err(e) = self.broker.unsubscribe(key).await {
+                tracing::warn!(channel = %key, error = %e, "broker unsubscribe failed");
+            }
+            *at_broker = false;
+        }
+    }
+
+    /// Channels with at least one local subscriber or not yet dissolved (for tests).
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    // === control ===
+
+    fn control(&self, msg: ControlMessage) {
+        match msg {
+            ControlMessage::Revoke { key_id } => {
+                let n = self.close_key(&key_id, None, CloseCode::KeyRevoked);
+                tracing::info!(key_id = %key_id, closed = n, "key revoked");
+            }
+        }
+    }
+}
+
+impl Deliver for Hub {
+    fn deliver(&self, delivery: Delivery) {
+        match delivery {
+            Delivery::Event { channel, event } => {
+                self.metrics.events_received.inc();
+                let Some(ch) = self.channels.get(&channel).map(|c| c.clone()) else { return };
+                let (mut delivered, mut slow) = (0u64, 0u64);
+                let subs = ch.subs.lock();
+                for s in subs.iter() {
+                    if s.filter.as_ref().is_some_and(|f| !f.matches(&event.name)) {
+                        continue;
+                    }
+                    match s.outbox.push(event.frame.clone()) {
+                        Push::Queued => delivered += 1,
+                        Push::Full => {
+                            if s.outbox.close(CloseCode::SlowConsumer) {
+                                slow += 1;
+                            }
+                        }
+                        Push::Closed => {}
+                    }
+                }
+                drop(subs);
+                self.metrics.deliveries.inc_by(delivered);
+                if slow > 0 {
+                    self.metrics.slow_consumer_closes.inc_by(slow);
+                }
+            }
+            Delivery::Malformed { channel, error } => {
+                self.metrics.events_malformed.inc();
+                tracing::debug!(channel = %channel, error = %error, "dropped malformed producer message");
+            }
+            Delivery::Control(msg) => self.control(msg),
+            Delivery::Gap => {
+                self.metrics.broker_gaps.inc();
+            }
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The embedded key store: one redb file, `<data_dir>/keys.redb`.
+//!
+//! redb commits are atomic and durable (copy-on-write B-trees with a checksummed commit
+//! slot), so a crash never leaves a half-written record. The file is locked by one process
+//! at a time: the CLI gets a clear error while a server holds it.
+//!
+//! Owns: the file layout (`keys`: id → JSON record, `hashes`: sha256 → id).
+//! May use: keys, redb, tokio's blocking pool.  Never: store a full secret.
+
+use std::{path::Path, sync::Arc};
+
+use redb::{
+    Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
+};
+
+use super::{KeyRecord, KeyStore, StoreError};
+use crate::{
+    ids::{AccountId, KeyId},
+    scope::Environment,
+    token::TokenHash,
+};
+
+const KEYS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("keys");
+const HASHES: TableDefinition<'_, &[u8], &str> = TableDefinition::new("hashes");
+
+pub struct EmbeddedKeyStore {
+    db: Arc<Database>,
+}
+
+impl EmbeddedKeyStore {
+    /// Opens (or creates) `<data_dir>/keys.redb`, creating `data_dir` if needed.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", data_dir.display()))
+        })?;
+        let path = data_dir.join("keys.redb");
+        let db = Database::create(&path).map_err(|e| match e {
+            DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.display().to_string()),
+            other => StoreError::Unavailable(format!("{}: {other}", path.display())),
+        })?;
+        let store = Self { db: Arc::new(db) };
+        // Create both tables up front so read transactions never meet a missing table.
+        store.write(|tx| {
+            tx.open_table(KEYS).map_err(unavailable)?;
+            tx.open_table(HASHES).map_err(unavailable)?;
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let tx = self.db.begin_write().map_err(unavailable)?;
+        let out = f(&tx)?;
+        tx.commit().map_err(unavailable)?;
+        Ok(out)
+    }
+
+    fn read_record(tx: &redb::ReadTransaction, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let keys = tx.open_table(KEYS).map_err(unavailable)?;
+        let Some(raw) = keys.get(id).map_err(unavailable)? else { return Ok(None) };
+        decode(raw.value()).map(Some)
+    }
+
+    /// Runs blocking redb work on tokio's blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&EmbeddedKeyStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let this = Self { db: self.db.clone() };
+        tokio::task::spawn_blocking(move || f(&this))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+
+    fn put(
+        tx: &redb::WriteTransaction,
+        rec: &KeyRecord,
+        old: Option<&KeyRecord>,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(rec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut keys = tx.open_table(KEYS).map_err(unavailable)?;
+        let mut hashes = tx.open_table(HASHES).map_err(unavailable)?;
+        for s in old.map(|o| o.secrets.as_slice()).unwrap_or_default() {
+            if !rec.secrets.iter().any(|n| n.hash == s.hash) {
+                hashes.remove(&s.hash.0[..]).map_err(unavailable)?;
+            }
+        }
+        for s in &rec.secrets {
+            hashes.insert(&s.hash.0[..], rec.id.as_str()).map_err(unavailable)?;
+        }
+        keys.insert(rec.id.as_str(), json.as_slice()).map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn decode(raw: &[u8]) -> Result<KeyRecord, StoreError> {
+    serde_json::from_slice(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+#[async_trait::async_trait]
+impl KeyStore for EmbeddedKeyStore {
+    async fn insert(&self, rec: &KeyRecord) -> Result<(), StoreError> {
+        let rec = rec.clone();
+        self.blocking(move |s| s.write(|tx| Self::put(tx, &rec, None))).await
+    }
+
+    async fn insert_first(&self, rec: &KeyRecord) -> Result<bool, StoreError> {
+        let rec = rec.clone();
+        self.blocking(move |s| {
+            s.write(|tx| {
+                let empty =
+                    tx.open_table(KEYS).map_err(unavailable)?.is_empty().map_err(unavailable)?;
+                if empty {
+                    Self::put(tx, &rec, None)?;
+                }
+                Ok(empty)
+            })
+        })
+        .await
+    }
+
+    async fn by_hash(&self, hash: &TokenHash) -> Result<Option<KeyRecord>, StoreError> {
+        let hash = *hash;
+        self.blocking(move |s| {
+            let tx = s.db.begin_read().map_err(unavailable)?;
+            let hashes = tx.open_table(HASHES).map_err(unavailable)?;
+            let Some(id) = hashes.get(&hash.0[..]).map_err(unavailable)? else { return Ok(None) };
+            let id = id.value().to_owned();
+            Self::read_record(&tx, &id)
+        })
+        .await
+    }
+
+    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        let id = id.clone();
+        self.blocking(move |s| {
+            let tx = s.db.begin_read().map_err(unavailable)?;
+            Self::read_record(&tx, id.as_str())
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        account: &AccountId,
+        env: Option<Environment>,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let account = account.clone();
+        self.blocking(move |s| {
+            let tx = s.db.begin_read().map_err(unavailable)?;
+            let keys = tx.open_table(KEYS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in keys.iter().map_err(unavailable)? {
+                let (_, raw) = row.map_err(unavailable)?;
+                let rec = decode(raw.value())?;
+                if rec.account_id == account && env.is_none_or(|e| e == rec.environment) {
+                    out.push(rec);
+                }
+            }
+            out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn update(&self, rec: &KeyRecord) -> Result<(), StoreError> {
+        let rec = rec.clone();
+        self.blocking(move |s| {
+            s.write(|tx| {
+                let old = {
+                    let keys = tx.open_table(KEYS).map_err(unavailable)?;
+                    let raw = keys
+                        .get(rec.id.as_str())
+                        .map_err(unavailable)?
+                        .ok_or(StoreError::NotFound)?;
+                    decode(raw.value())?
+                };
+                Self::put(tx, &rec, Some(&old))
+            })
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.blocking(|s| s.db.begin_read().map(|_| ()).map_err(unavailable)).await
+    }
+}

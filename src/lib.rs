@@ -1,0 +1,63 @@
+//! miteos-stream: the real-time event gateway of the Miteos API platform.
+//!
+//! # Layout
+//! Layers: L0 pure → L1 adapters → L2 domain → L3 edges → L4 wiring. A module uses lower
+//! layers only; only `node` and `cli` name concrete backends.
+//!
+//! | module | layer | holds |
+//! |---|---|---|
+//! | `config` | L0 | settings, defaults, layering, validation |
+//! | `ids`, `scope`, `token`, `error` | L0 | ids, scopes/topics, the `mt_*_sk_` format, `ApiError` |
+//! | `protocol` (`close`, `filter`) | L0 | WebSocket messages, close codes, event-name globs |
+//! | `broker::codec` | L0 | channel names, producer events → pre-serialised frames |
+//! | `metrics`, `telemetry`, `shutdown`, `outbox` | L1 | counters, logging/redaction, drain, per-connection queue |
+//! | `keys` (`embedded`) , `broker` (`memory`) | L1 | the `KeyStore` and `Broker` seams and their impls |
+//! | `keys::service`, `auth`, `hub`, `state` | L2 | key lifecycle, authentication, fan-out registry |
+//! | `server`, `http`, `ws` | L3 | accept loop, routes, WebSocket upgrade and sessions |
+//! | `node`, `cli` | L4 | wiring and the command line |
+//!
+//! # Data path
+//! 1. `server` accepts; hyper routes `GET /v1/ws` to `ws::upgrade`.
+//! 2. `ws::upgrade` checks the query token (format and CRC first, then the store through
+//!    `auth`), requires a `*.read` scope and valid handshake headers, returns 101 and spawns
+//!    `ws::session` on the node's task tracker. Any failure is a JSON error and no upgrade.
+//! 3. `ws::session` registers with the `Hub`, waits for `{"type":"auth"}` with the same
+//!    credential (4001/4002), queues `auth.success` and subscribes the key's readable topics
+//!    for its own account and environment (the first local subscriber subscribes the broker).
+//! 4. A producer publishes (admin `POST /internal/v1/publish` in embedded mode); the broker
+//!    decodes and validates it once into an `Event` holding the client frame, and calls the
+//!    Hub's synchronous `Deliver`.
+//! 5. The Hub pushes the shared frame (a refcount bump) into each matching `Outbox`; a full
+//!    Outbox closes its connection with 4009. Nothing on this path awaits a socket.
+//! 6. `ws::conn` (one per socket, one task) moves queued frames into the socket, many per
+//!    write, one flush; it also reads client messages and runs the heartbeat (4004).
+//! 7. Teardown: every exit yields one close code; a guard removes the session from the Hub.
+//!    Revocation travels as a broker control message to every node's Hub (4003); shutdown
+//!    closes every socket with 1001 and waits up to `shutdown_grace`.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms, clippy::unwrap_used)]
+
+pub mod auth;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod hub;
+pub mod ids;
+pub mod keys;
+pub mod metrics;
+pub mod node;
+pub mod outbox;
+pub mod protocol;
+pub mod scope;
+pub mod server;
+pub mod shutdown;
+pub mod state;
+pub mod telemetry;
+pub mod token;
+pub mod ws;
+
+pub use config::Config;
+pub use node::Node;

@@ -1,0 +1,152 @@
+//! `Node`: one server process's wiring. Builds the key store, broker and Hub from the
+//! `Config`, creates the bootstrap key on an empty store, binds both listeners (so the real
+//! ports are known before serving), then serves until shutdown and drains every socket.
+//!
+//! Owns: the choice of concrete backends (only here and in `cli`).  May use: everything.
+
+use std::{future::Future, io::Write, net::SocketAddr, path::Path, sync::Arc};
+
+use tokio::net::TcpListener;
+
+use crate::{
+    auth::Authenticator,
+    broker::memory::MemoryBroker,
+    config::Config,
+    http::Listener,
+    hub::Hub,
+    ids::random_base62,
+    keys::{
+        embedded::EmbeddedKeyStore,
+        service::{Created, KeyService},
+        KeyStore, StoreError,
+    },
+    metrics::Metrics,
+    protocol::close::CloseCode,
+    server,
+    shutdown::Shutdown,
+    state::AppState,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("admin token file {path}: {source}")]
+    AdminToken { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+/// A built node whose listeners are bound but not yet serving.
+pub struct Node {
+    state: Arc<AppState>,
+    public: TcpListener,
+    admin: TcpListener,
+    pub public_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// The key created on an empty store; its secret is shown once by the caller.
+    pub bootstrap: Option<Created>,
+}
+
+impl Node {
+    pub async fn build(config: Config) -> Result<Node, NodeError> {
+        if config.redis_url.is_some() {
+            return Err(NodeError::Unsupported(
+                "Redis mode (--redis-url) is not available yet; run without it",
+            ));
+        }
+        let config = Arc::new(config);
+        let metrics = Arc::new(Metrics::new());
+        let store: Arc<dyn KeyStore> = Arc::new(EmbeddedKeyStore::open(&config.data_dir)?);
+        let max_event_bytes = config.max_event_bytes;
+        let hub = Hub::new(metrics.clone(), |handler| {
+            Arc::new(MemoryBroker::new(handler, max_event_bytes))
+        });
+        let keys = KeyService::new(store.clone(), hub.broker().clone());
+        let bootstrap = keys.bootstrap().await?;
+        let admin_token = admin_token(&config)?;
+        let bind = |addr| {
+            server::bind(addr, config.listen_backlog)
+                .map_err(|source| NodeError::Bind { addr, source })
+        };
+        let public = bind(config.listen)?;
+        let admin = bind(config.admin_listen)?;
+        let local = |l: &TcpListener, addr| {
+            l.local_addr().map_err(|source| NodeError::Bind { addr, source })
+        };
+        let public_addr = local(&public, config.listen)?;
+        let admin_addr = local(&admin, config.admin_listen)?;
+        let state = Arc::new(AppState {
+            auth: Authenticator::new(store, metrics.clone()),
+            config,
+            hub,
+            keys,
+            metrics,
+            shutdown: Shutdown::new(),
+            admin_token,
+        });
+        Ok(Node { state, public, admin, public_addr, admin_addr, bootstrap })
+    }
+
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Serves until `stop` resolves (or the node's shutdown token is cancelled), then stops
+    /// accepting, closes every WebSocket with 1001 and waits up to `shutdown_grace`.
+    pub async fn run(self, stop: impl Future<Output = ()>) {
+        let st = self.state;
+        let public = tokio::spawn(server::serve(self.public, st.clone(), Listener::Public));
+        let admin = tokio::spawn(server::serve(self.admin, st.clone(), Listener::Admin));
+        tokio::select! {
+            _ = stop => {}
+            _ = st.shutdown.token.cancelled() => {}
+        }
+        st.shutdown.token.cancel();
+        st.hub.close_all(CloseCode::GoingAway);
+        let _ = public.await;
+        let _ = admin.await;
+        if !st.shutdown.drain(st.config.shutdown_grace).await {
+            tracing::warn!(
+                open = st.hub.session_count(),
+                "shutdown grace elapsed; dropping remaining connections"
+            );
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// The admin token: from the config, else from `<data_dir>/admin_token`, else a new one
+/// written there with mode 0600.
+pub fn admin_token(config: &Config) -> Result<String, NodeError> {
+    if let Some(t) = &config.admin_token {
+        return Ok(t.clone());
+    }
+    let path = config.data_dir.join("admin_token");
+    let err = |source| NodeError::AdminToken { path: path.display().to_string(), source };
+    if let Some(t) = read_admin_token(&config.data_dir).map_err(err)? {
+        return Ok(t);
+    }
+    let token = random_base62(40);
+    std::fs::create_dir_all(&config.data_dir).map_err(err)?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(&path).map_err(err)?;
+    f.write_all(token.as_bytes()).map_err(err)?;
+    tracing::info!(path = %path.display(), "generated an admin token");
+    Ok(token)
+}
+
+/// Reads `<data_dir>/admin_token` if it exists.
+pub fn read_admin_token(data_dir: &Path) -> std::io::Result<Option<String>> {
+    match std::fs::read_to_string(data_dir.join("admin_token")) {
+        Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_owned())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,184 @@
+//! `Outbox`: one connection's bounded queue of text frames, filled by the Hub (events) and
+//! the session (replies), drained by that connection's writer.
+//!
+//! Owns: the queue, its wake-up and the connection's close request.
+//! May use: parking_lot, futures' `AtomicWaker`, protocol::close.  Never: await, I/O.
+//! Invariants: `push` and `close` never block on the socket; an idle outbox holds no heap
+//! memory; the first close reason wins.
+
+use std::{collections::VecDeque, sync::OnceLock, task::Waker};
+
+use futures::task::AtomicWaker;
+use parking_lot::Mutex;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::protocol::close::CloseCode;
+
+/// Slots a drained queue may keep; a larger buffer left by a burst is released.
+const RETAINED_SLOTS: usize = 16;
+
+/// What happened to a pushed frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    Queued,
+    /// The queue was at capacity; the frame was dropped and the caller decides (4009).
+    Full,
+    /// The connection is closing; the frame was dropped.
+    Closed,
+}
+
+#[derive(Debug)]
+pub struct Outbox {
+    queue: Mutex<VecDeque<Utf8Bytes>>,
+    capacity: usize,
+    waker: AtomicWaker,
+    close: OnceLock<CloseCode>,
+}
+
+impl Outbox {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            queue: Mutex::new(VecDeque::new()),
+            capacity: capacity.max(1),
+            waker: AtomicWaker::new(),
+            close: OnceLock::new(),
+        }
+    }
+
+    /// Queues a frame without waiting. Wakes the writer when the queue was empty.
+    pub fn push(&self, frame: Utf8Bytes) -> Push {
+        if self.close.get().is_some() {
+            return Push::Closed;
+        }
+        let mut q = self.queue.lock();
+        if q.len() >= self.capacity {
+            return Push::Full;
+        }
+        q.push_back(frame);
+        let was_empty = q.len() == 1;
+        drop(q);
+        if was_empty {
+            self.waker.wake();
+        }
+        Push::Queued
+    }
+
+    /// Asks the writer to close the connection with `code`. Returns `false` if a close
+    /// was already requested (the earlier reason stands).
+    pub fn close(&self, code: CloseCode) -> bool {
+        let first = self.close.set(code).is_ok();
+        self.waker.wake();
+        first
+    }
+
+    /// The requested close, if any.
+    pub fn close_requested(&self) -> Option<CloseCode> {
+        self.close.get().copied()
+    }
+
+    /// Registers the writer's waker; call before `take_into` so no push is missed.
+    pub fn register(&self, waker: &Waker) {
+        self.waker.register(waker);
+    }
+
+    /// Moves every queued frame to the back of `out` (swapping buffers when `out` is empty,
+    /// so steady traffic allocates nothing). Returns how many frames moved.
+    pub fn take_into(&self, out: &mut VecDeque<Utf8Bytes>) -> usize {
+        let mut q = self.queue.lock();
+        let n = q.len();
+        if n == 0 {
+            return 0;
+        }
+        if out.is_empty() {
+            std::mem::swap(&mut *q, out);
+        } else {
+            out.extend(q.drain(..));
+        }
+        if q.capacity() > RETAINED_SLOTS {
+            *q = VecDeque::new();
+        }
+        n
+    }
+
+    /// Frames queued right now (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.queue.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Releases a drained local buffer's memory when a burst left it large.
+pub fn trim(buf: &mut VecDeque<Utf8Bytes>) {
+    if buf.is_empty() && buf.capacity() > RETAINED_SLOTS {
+        *buf = VecDeque::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::{
+        sync::{
+            atomic::{AtomicUsize, Ordering},
+            Arc,
+        },
+        task::Wake,
+    };
+
+    struct CountingWaker(AtomicUsize);
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn push_is_bounded_and_full_does_not_close() {
+        let o = Outbox::new(2);
+        assert_eq!(o.push("a".into()), Push::Queued);
+        assert_eq!(o.push("b".into()), Push::Queued);
+        assert_eq!(o.push("c".into()), Push::Full);
+        assert_eq!(o.close_requested(), None);
+        let mut out = VecDeque::new();
+        assert_eq!(o.take_into(&mut out), 2);
+        assert_eq!(out.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(o.push("d".into()), Push::Queued);
+    }
+
+    #[test]
+    fn first_close_reason_wins_and_stops_pushes() {
+        let o = Outbox::new(4);
+        assert!(o.close(CloseCode::SlowConsumer));
+        assert!(!o.close(CloseCode::GoingAway));
+        assert_eq!(o.close_requested(), Some(CloseCode::SlowConsumer));
+        assert_eq!(o.push("x".into()), Push::Closed);
+    }
+
+    #[test]
+    fn writer_is_woken_on_first_push_and_on_close() {
+        let o = Outbox::new(8);
+        let w = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        o.register(&Waker::from(w.clone()));
+        o.push("a".into());
+        assert_eq!(w.0.load(Ordering::SeqCst), 1);
+        o.register(&Waker::from(w.clone()));
+        o.push("b".into()); // queue not empty: the writer is already due to run
+        assert_eq!(w.0.load(Ordering::SeqCst), 1);
+        o.close(CloseCode::Normal);
+        assert_eq!(w.0.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn take_appends_in_order_when_the_target_is_not_empty() {
+        let o = Outbox::new(8);
+        let mut out: VecDeque<Utf8Bytes> = VecDeque::from(vec![Utf8Bytes::from("0")]);
+        o.push("1".into());
+        o.push("2".into());
+        o.take_into(&mut out);
+        assert_eq!(out.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["0", "1", "2"]);
+        assert!(o.is_empty());
+    }
+}

@@ -1,0 +1,151 @@
+//! The WebSocket wire protocol of SPEC §4: client messages in, server messages out.
+//!
+//! Owns: message shapes and their (de)serialisation.  May use: serde, scope.
+//! Never: I/O. Invariants: parsing untrusted text never panics; server messages are
+//! serialised once into a text frame.
+
+pub mod close;
+pub mod filter;
+
+use serde::{Deserialize, Serialize};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::scope::{Environment, Topic};
+
+/// A message a client may send.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ClientMessage {
+    Auth {
+        #[serde(default)]
+        token: Option<String>,
+        #[serde(default)]
+        ticket: Option<String>,
+    },
+    Subscribe {
+        channels: Vec<String>,
+        #[serde(default)]
+        events: Option<Vec<String>>,
+    },
+    Unsubscribe {
+        channels: Vec<String>,
+    },
+    Ping,
+}
+
+impl ClientMessage {
+    /// Parses one text frame; the error is a human-readable reason for `invalid_message`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        serde_json::from_str(text).map_err(|e| {
+            let msg = e.to_string();
+            if msg.contains("unknown variant") || msg.contains("missing field `type`") {
+                "unknown message type: expected auth, subscribe, unsubscribe or ping".to_owned()
+            } else {
+                format!("malformed message: {msg}")
+            }
+        })
+    }
+}
+
+/// A message the server sends (events are pre-serialised elsewhere, see `broker::codec`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type")]
+pub enum ServerMessage {
+    #[serde(rename = "auth.success")]
+    AuthSuccess {
+        message: &'static str,
+        connection_id: String,
+        key_id: String,
+        environment: Environment,
+        channels: Vec<Topic>,
+    },
+    #[serde(rename = "subscribed")]
+    Subscribed { channels: Vec<Topic> },
+    #[serde(rename = "unsubscribed")]
+    Unsubscribed { channels: Vec<Topic> },
+    #[serde(rename = "pong")]
+    Pong,
+    #[serde(rename = "error")]
+    Error {
+        code: &'static str,
+        message: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        param: Option<String>,
+    },
+}
+
+impl ServerMessage {
+    pub fn error(code: &'static str, message: impl Into<String>, param: Option<String>) -> Self {
+        ServerMessage::Error { code, message: message.into(), param }
+    }
+
+    /// The text frame for this message.
+    pub fn to_frame(&self) -> Utf8Bytes {
+        // Serialising these plain structs cannot fail; fall back to an empty object anyway.
+        Utf8Bytes::from(serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_messages_parse() {
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"auth","token":"t"}"#),
+            Ok(ClientMessage::Auth { token: Some("t".into()), ticket: None })
+        );
+        assert_eq!(
+            ClientMessage::parse(
+                r#"{"type":"subscribe","channels":["tasks"],"events":["task.*"]}"#
+            ),
+            Ok(ClientMessage::Subscribe {
+                channels: vec!["tasks".into()],
+                events: Some(vec!["task.*".into()])
+            })
+        );
+        assert_eq!(ClientMessage::parse(r#"{"type":"ping"}"#), Ok(ClientMessage::Ping));
+    }
+
+    #[test]
+    fn bad_client_messages_are_errors_not_panics() {
+        for bad in [
+            "",
+            "{",
+            "[]",
+            "null",
+            r#"{"type":"dance"}"#,
+            r#"{"channels":[]}"#,
+            r#"{"type":"subscribe"}"#,
+            r#"{"type":"subscribe","channels":"tasks"}"#,
+        ] {
+            assert!(ClientMessage::parse(bad).is_err(), "{bad}");
+        }
+        assert!(ClientMessage::parse(r#"{"type":"dance"}"#)
+            .unwrap_err()
+            .contains("unknown message type"));
+    }
+
+    #[test]
+    fn server_messages_have_the_spec_shape() {
+        let m = ServerMessage::AuthSuccess {
+            message: "Authenticated successfully",
+            connection_id: "conn_x".into(),
+            key_id: "key_y".into(),
+            environment: Environment::Live,
+            channels: vec![Topic::Agents, Topic::Tasks],
+        };
+        let v: serde_json::Value = serde_json::from_str(m.to_frame().as_str()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"auth.success","message":"Authenticated successfully","connection_id":"conn_x","key_id":"key_y","environment":"live","channels":["agents","tasks"]})
+        );
+        assert_eq!(ServerMessage::Pong.to_frame().as_str(), r#"{"type":"pong"}"#);
+        let e = ServerMessage::error("insufficient_scope", "no", Some("agents.read".into()));
+        assert_eq!(
+            e.to_frame().as_str(),
+            r#"{"type":"error","code":"insufficient_scope","message":"no","param":"agents.read"}"#
+        );
+    }
+}

@@ -1,0 +1,80 @@
+//! The accept loop: one task per TCP connection on the node's tracker, served by hyper's
+//! HTTP/1 with upgrades and a header-read timeout; stops accepting on shutdown and lets
+//! in-flight requests finish (`graceful_shutdown`). Upgraded sockets are not hyper's any
+//! more: sessions are closed through the Hub.
+//!
+//! Owns: sockets until they are upgraded.  May use: http (router), shutdown, config.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use hyper::{server::conn::http1, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpSocket};
+
+use crate::{
+    http::{route, Listener},
+    state::AppState,
+};
+
+/// Binds a listener with an explicit backlog (tokio's `bind` uses 128, too small for a storm).
+pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
+/// Accepts connections until shutdown, serving each on the node's task tracker.
+pub async fn serve(listener: TcpListener, state: Arc<AppState>, which: Listener) {
+    let token = state.shutdown.token.clone();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = token.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let st = state.clone();
+        state.shutdown.tracker.spawn(serve_connection(stream, peer, st, which));
+    }
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    state: Arc<AppState>,
+    which: Listener,
+) {
+    let token = state.shutdown.token.clone();
+    let cfg = state.config.clone();
+    let svc = service_fn(move |req| {
+        let st = state.clone();
+        async move { Ok::<_, std::convert::Infallible>(route(req, peer, st, which).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .max_buf_size(cfg.max_header_bytes)
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = token.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "http connection ended with an error");
+    }
+}

@@ -1,0 +1,38 @@
+//! `AppState`: the shared handles every request and session works with. Built only by
+//! `node.rs`; everything else sees backends through the `Broker`/`KeyStore` traits.
+//!
+//! Owns: nothing but `Arc`s.  May use: L0–L2 modules.
+
+use std::sync::Arc;
+
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::{
+    auth::Authenticator, config::Config, hub::Hub, keys::service::KeyService, metrics::Metrics,
+    shutdown::Shutdown,
+};
+
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub hub: Arc<Hub>,
+    pub keys: KeyService,
+    pub auth: Authenticator,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: Shutdown,
+    /// Bearer token of the admin listener's publish endpoint.
+    pub admin_token: String,
+}
+
+impl AppState {
+    /// The tungstenite limits for every accepted socket, from the config.
+    pub fn ws_config(&self) -> WebSocketConfig {
+        let c = &self.config;
+        WebSocketConfig::default()
+            .read_buffer_size(c.ws_read_buffer_bytes)
+            .write_buffer_size(c.ws_write_buffer_bytes)
+            // One buffer's worth plus the largest frame we send (an event) plus headers.
+            .max_write_buffer_size(c.ws_write_buffer_bytes + c.max_event_bytes * 2 + 1024)
+            .max_message_size(Some(c.max_message_bytes))
+            .max_frame_size(Some(c.max_message_bytes))
+    }
+}

@@ -1,0 +1,264 @@
+//! `Conn`: one socket's pump. A single poll drives both directions: it moves queued frames
+//! from the Outbox into the socket (many frames, one write, one flush), reads the next client
+//! frame, and watches the heartbeat timer, so the socket is always being read and one task
+//! serves one connection.
+//!
+//! Owns: the `WebSocketStream`, the local write queue, heartbeat and expiry deadlines, and
+//! the close handshake.  May use: outbox, protocol::close, tungstenite.
+//! Never: interpret client messages (that is `session`).
+
+use std::{
+    collections::VecDeque,
+    future::{poll_fn, Future},
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    time::{sleep_until, Instant, Sleep},
+};
+use tokio_tungstenite::{
+    tungstenite::{
+        error::CapacityError,
+        protocol::{frame::coding::CloseCode as WireCode, CloseFrame},
+        Error as WsError, Message, Utf8Bytes,
+    },
+    WebSocketStream,
+};
+
+use crate::{
+    outbox::{self, Outbox},
+    protocol::close::CloseCode,
+};
+
+/// Frames written per poll before yielding to other tasks.
+const WRITE_BUDGET: usize = 1024;
+
+/// What woke the pump up, for the session to act on.
+#[derive(Debug)]
+pub enum Step {
+    /// A text or binary message from the client.
+    Message(Message),
+    /// The server must close with this code.
+    Close(CloseCode),
+    /// The client closed or the socket failed; nothing more can be sent.
+    Gone,
+}
+
+pub struct Conn<S> {
+    ws: WebSocketStream<S>,
+    outbox: Arc<Outbox>,
+    /// Frames taken from the Outbox that the socket has not accepted yet.
+    pending: VecDeque<Utf8Bytes>,
+    unflushed: bool,
+    ping_due: bool,
+    timer: Pin<Box<Sleep>>,
+    ping_interval: Duration,
+    pong_timeout: Duration,
+    /// When the client was last heard from.
+    last_seen: Instant,
+    /// When the unanswered server ping went out, if one is outstanding.
+    ping_sent: Option<Instant>,
+    /// When the credential stops working (4003).
+    expires: Option<Instant>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    pub fn new(
+        ws: WebSocketStream<S>,
+        outbox: Arc<Outbox>,
+        ping_interval: Duration,
+        pong_timeout: Duration,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            ws,
+            outbox,
+            pending: VecDeque::new(),
+            unflushed: false,
+            ping_due: false,
+            timer: Box::pin(sleep_until(now + ping_interval)),
+            ping_interval,
+            pong_timeout,
+            last_seen: now,
+            ping_sent: None,
+            expires: None,
+        }
+    }
+
+    /// Closes the connection with 4003 at `at`.
+    pub fn set_expiry(&mut self, at: Option<Instant>) {
+        self.expires = at;
+        self.rearm();
+    }
+
+    /// Waits for the first client message (auth phase): nothing is written but control
+    /// replies, and a requested close or `limit` ends the wait.
+    pub async fn first_message(&mut self, limit: Duration) -> Result<Message, Step> {
+        let deadline = Instant::now() + limit;
+        let expired = sleep_until(deadline);
+        tokio::pin!(expired);
+        poll_fn(|cx| {
+            self.outbox.register(cx.waker());
+            if let Some(code) = self.outbox.close_requested() {
+                return Poll::Ready(Err(Step::Close(code)));
+            }
+            match self.poll_read(cx) {
+                Poll::Ready(Step::Message(m)) => return Poll::Ready(Ok(m)),
+                Poll::Ready(other) => return Poll::Ready(Err(other)),
+                Poll::Pending => {}
+            }
+            match expired.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(Step::Close(CloseCode::AuthTimeout))),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Drives writes, reads and timers until something needs the session's attention.
+    pub async fn next_step(&mut self) -> Step {
+        poll_fn(|cx| self.poll_step(cx)).await
+    }
+
+    fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
+        loop {
+            self.outbox.register(cx.waker());
+            if let Some(code) = self.outbox.close_requested() {
+                return Poll::Ready(Step::Close(code));
+            }
+            if self.poll_write(cx).is_err() {
+                return Poll::Ready(Step::Gone);
+            }
+            if let Poll::Ready(step) = self.poll_read(cx) {
+                return Poll::Ready(step);
+            }
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if let Some(code) = self.on_timer() {
+                return Poll::Ready(Step::Close(code));
+            }
+            // The timer was re-armed (or a ping is due): go round once more.
+        }
+    }
+
+    /// Reads one frame; pings/pongs only refresh the heartbeat.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
+        loop {
+            let item = match Pin::new(&mut self.ws).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(item) => item,
+            };
+            self.last_seen = Instant::now();
+            self.ping_sent = None;
+            return Poll::Ready(match item {
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Ok(Message::Close(_))) | None => Step::Gone,
+                Some(Ok(m)) => Step::Message(m),
+                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+                    Step::Close(CloseCode::MessageTooBig)
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "websocket read failed");
+                    Step::Gone
+                }
+            });
+        }
+    }
+
+    /// Moves queued frames into the socket and flushes once they are all in.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), WsError> {
+        let mut budget = WRITE_BUDGET;
+        loop {
+            if self.pending.is_empty()
+                && !self.ping_due
+                && self.outbox.take_into(&mut self.pending) == 0
+            {
+                break;
+            }
+            match Pin::new(&mut self.ws).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => return Ok(()),
+            }
+            let msg = if self.ping_due {
+                self.ping_due = false;
+                Message::Ping(Default::default())
+            } else {
+                match self.pending.pop_front() {
+                    Some(frame) => Message::Text(frame),
+                    None => continue,
+                }
+            };
+            Pin::new(&mut self.ws).start_send(msg)?;
+            self.unflushed = true;
+            budget -= 1;
+            if budget == 0 {
+                // Let other connections run; come back for the rest.
+                cx.waker().wake_by_ref();
+                break;
+            }
+        }
+        if self.unflushed {
+            if let Poll::Ready(r) = Pin::new(&mut self.ws).poll_flush(cx) {
+                r?;
+                self.unflushed = false;
+            }
+        }
+        outbox::trim(&mut self.pending);
+        Ok(())
+    }
+
+    /// The timer fired: send a ping, or time out the heartbeat or the credential.
+    fn on_timer(&mut self) -> Option<CloseCode> {
+        let now = Instant::now();
+        if self.expires.is_some_and(|t| t <= now) {
+            return Some(CloseCode::KeyRevoked);
+        }
+        match self.ping_sent {
+            Some(sent) if now >= sent + self.pong_timeout => {
+                return Some(CloseCode::HeartbeatTimeout)
+            }
+            None if now >= self.last_seen + self.ping_interval => {
+                self.ping_due = true;
+                self.ping_sent = Some(now);
+            }
+            _ => {}
+        }
+        self.rearm();
+        None
+    }
+
+    fn rearm(&mut self) {
+        let beat = match self.ping_sent {
+            Some(sent) => sent + self.pong_timeout,
+            None => self.last_seen + self.ping_interval,
+        };
+        let at = self.expires.map_or(beat, |e| e.min(beat));
+        self.timer.as_mut().reset(at);
+    }
+
+    /// Sends the close frame (keeping trying up to `limit`), then waits for the client's
+    /// close reply or EOF within the same limit. Queued frames are dropped.
+    pub async fn close(mut self, code: CloseCode, limit: Duration) {
+        let frame = CloseFrame { code: WireCode::from(code.code()), reason: code.reason().into() };
+        let handshake = async {
+            self.ws.send(Message::Close(Some(frame))).await?;
+            while let Some(Ok(_)) = self.ws.next().await {}
+            Ok::<(), WsError>(())
+        };
+        if let Ok(Err(e)) = tokio::time::timeout(limit, handshake).await {
+            tracing::debug!(error = %e, "close handshake failed");
+        }
+    }
+
+    /// After the client's close: flush the automatic close reply, briefly.
+    pub async fn finish(mut self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.ws.flush()).await;
+    }
+}

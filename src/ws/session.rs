@@ -1,0 +1,293 @@
+//! One WebSocket session after the upgrade: the auth handshake (4001/4002), registration and
+//! auto-subscription, the client-message loop (subscribe, unsubscribe, ping), and teardown.
+//!
+//! Owns: the session's subscriptions and its exit code.  May use: hub, outbox, protocol,
+//! auth's `Principal`, metrics.  Never: write to the socket except through `Conn`.
+//! Invariants: `auth.success` is queued before any event; every exit path closes with one
+//! `CloseCode` (or the client left first); the Registration guard always deregisters.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::{tungstenite::Message, WebSocketStream};
+
+use super::conn::{Conn, Step};
+use crate::{
+    auth::Principal,
+    broker::ChannelKey,
+    hub::{Hub, SessionEntry},
+    ids::ConnId,
+    metrics::{CloseLabel, Metrics},
+    outbox::{Outbox, Push},
+    protocol::{close::CloseCode, filter::EventFilter, ClientMessage, ServerMessage},
+    scope::{read_topics, Topic},
+    state::AppState,
+    token::TokenHash,
+};
+
+/// Removes the session from the Hub (and its channels) however the session ends.
+struct Registration {
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    conn: ConnId,
+    channels: Vec<ChannelKey>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        for key in &self.channels {
+            self.hub.unsubscribe(key, self.conn);
+        }
+        self.hub.deregister(self.conn);
+        self.metrics.connections_open.dec();
+    }
+}
+
+struct Session {
+    state: Arc<AppState>,
+    principal: Principal,
+    outbox: Arc<Outbox>,
+    reg: Registration,
+    readable: Vec<Topic>,
+}
+
+/// Runs a session on an upgraded socket. `expected` is the hash of the credential checked
+/// before the upgrade; the first message must carry the same one.
+pub async fn run<S>(
+    ws: WebSocketStream<S>,
+    principal: Principal,
+    expected: TokenHash,
+    state: Arc<AppState>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let cfg = state.config.clone();
+    let conn_id = ConnId::generate();
+    let outbox = Arc::new(Outbox::new(cfg.outbox_capacity));
+    state.hub.register(
+        conn_id,
+        SessionEntry {
+            key_id: principal.key_id.clone(),
+            secret: principal.secret,
+            outbox: outbox.clone(),
+        },
+    );
+    state.metrics.connections_open.inc();
+    state.metrics.connections_total.inc();
+    let reg = Registration {
+        hub: state.hub.clone(),
+        metrics: state.metrics.clone(),
+        conn: conn_id,
+        channels: Vec::new(),
+    };
+    // Shutdown may have started between the upgrade and the registration above.
+    if state.shutdown.token.is_cancelled() {
+        outbox.close(CloseCode::GoingAway);
+    }
+    let mut conn = Conn::new(ws, outbox.clone(), cfg.ping_interval, cfg.pong_timeout);
+    conn.set_expiry(principal.expires_at.map(deadline_of));
+    let readable = read_topics(&principal.scopes);
+    let mut session = Session { state: state.clone(), principal, outbox, reg, readable };
+
+    let span = tracing::debug_span!("ws", conn = %conn_id, key_id = %session.principal.key_id);
+    let _guard = span.enter();
+    let exit = match conn.first_message(cfg.auth_timeout).await {
+        Ok(first) => match session.authenticate(first, &expected, conn_id).await {
+            Ok(()) => session.serve(&mut conn).await,
+            Err(code) => Step::Close(code),
+        },
+        Err(step) => {
+            if matches!(step, Step::Close(CloseCode::AuthTimeout)) {
+                state.metrics.auth_failure("ws_auth_timeout");
+            }
+            step
+        }
+    };
+    match exit {
+        Step::Close(code) => {
+            state.metrics.closes.get_or_create(&CloseLabel { code: code.code() }).inc();
+            tracing::debug!(code = code.code(), "closing");
+            conn.close(code, cfg.close_timeout).await;
+        }
+        Step::Gone | Step::Message(_) => conn.finish(Duration::from_secs(1)).await,
+    }
+}
+
+/// A wall-clock expiry as a tokio deadline (now if already past).
+fn deadline_of(at: time::OffsetDateTime) -> tokio::time::Instant {
+    let left = at - time::OffsetDateTime::now_utc();
+    let left = Duration::try_from(left).unwrap_or(Duration::ZERO);
+    tokio::time::Instant::now() + left
+}
+
+impl Session {
+    /// Checks the first message, queues `auth.success`, then subscribes every readable topic.
+    async fn authenticate(
+        &mut self,
+        first: Message,
+        expected: &TokenHash,
+        conn_id: ConnId,
+    ) -> Result<(), CloseCode> {
+        let Message::Text(text) = first else {
+            return Err(self.auth_failed("ws_auth_invalid_message"));
+        };
+        let credential = match ClientMessage::parse(&text) {
+            Ok(ClientMessage::Auth { token: Some(t), ticket: None }) => t,
+            Ok(ClientMessage::Auth { token: None, ticket: Some(t) }) => t,
+            _ => return Err(self.auth_failed("ws_auth_invalid_message")),
+        };
+        if !TokenHash::of(&credential).ct_eq(expected) {
+            return Err(self.auth_failed("ws_auth_mismatch"));
+        }
+        let success = ServerMessage::AuthSuccess {
+            message: "Authenticated successfully",
+            connection_id: conn_id.to_string(),
+            key_id: self.principal.key_id.to_string(),
+            environment: self.principal.environment,
+            channels: self.readable.clone(),
+        };
+        self.send(success);
+        for topic in self.readable.clone() {
+            self.join(topic, None).await.map_err(|_| CloseCode::TryAgainLater)?;
+        }
+        tracing::debug!("authenticated");
+        Ok(())
+    }
+
+    fn auth_failed(&self, why: &'static str) -> CloseCode {
+        self.state.metrics.auth_failure(why);
+        CloseCode::AuthFailed
+    }
+
+    /// The message loop after authentication; returns how the session ended.
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>) -> Step {
+        loop {
+            match conn.next_step().await {
+                Step::Message(Message::Text(text)) => self.on_text(&text).await,
+                Step::Message(_) => self.send(ServerMessage::error(
+                    "invalid_message",
+                    "only JSON text messages are accepted",
+                    None,
+                )),
+                other => return other,
+            }
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) {
+        match ClientMessage::parse(text) {
+            Ok(ClientMessage::Ping) => self.send(ServerMessage::Pong),
+            Ok(ClientMessage::Subscribe { channels, events }) => {
+                self.subscribe(&channels, events.as_deref()).await
+            }
+            Ok(ClientMessage::Unsubscribe { channels }) => self.unsubscribe(&channels),
+            Ok(ClientMessage::Auth { .. }) => {
+                self.send(ServerMessage::error("invalid_message", "already authenticated", None));
+            }
+            Err(why) => self.send(ServerMessage::error("invalid_message", why, None)),
+        }
+    }
+
+    /// Validates every requested channel first; on any error nothing changes.
+    fn parse_channels(
+        &self,
+        names: &[String],
+        need_read: bool,
+    ) -> Result<Vec<Topic>, ServerMessage> {
+        if names.is_empty() {
+            return Err(ServerMessage::error(
+                "invalid_message",
+                "`channels` must list at least one channel",
+                Some("channels".into()),
+            ));
+        }
+        let mut topics = Vec::with_capacity(names.len());
+        for name in names {
+            let topic: Topic = name.parse().map_err(|_| {
+                ServerMessage::error(
+                    "unknown_channel",
+                    format!("unknown channel `{name}`"),
+                    Some(name.clone()),
+                )
+            })?;
+            if need_read && !self.readable.contains(&topic) {
+                let scope = topic.read_scope().to_string();
+                return Err(ServerMessage::error(
+                    "insufficient_scope",
+                    format!("this key lacks `{scope}`"),
+                    Some(scope),
+                ));
+            }
+            topics.push(topic);
+        }
+        topics.sort_by_key(|t| t.as_str());
+        topics.dedup();
+        Ok(topics)
+    }
+
+    async fn subscribe(&mut self, names: &[String], events: Option<&[String]>) {
+        let topics = match self.parse_channels(names, true) {
+            Ok(t) => t,
+            Err(e) => return self.send(e),
+        };
+        let filter = match events.map(EventFilter::parse).transpose() {
+            Ok(f) => f.map(Arc::new),
+            Err(e) => {
+                return self.send(ServerMessage::error(
+                    "invalid_message",
+                    e.to_string(),
+                    Some("events".into()),
+                ))
+            }
+        };
+        for topic in &topics {
+            if self.join(*topic, filter.clone()).await.is_err() {
+                return self.send(ServerMessage::error(
+                    "broker_unavailable",
+                    "the event broker is unavailable; retry later",
+                    None,
+                ));
+            }
+        }
+        self.send(ServerMessage::Subscribed { channels: topics });
+    }
+
+    fn unsubscribe(&mut self, names: &[String]) {
+        let topics = match self.parse_channels(names, false) {
+            Ok(t) => t,
+            Err(e) => return self.send(e),
+        };
+        for topic in &topics {
+            let key = self.key(*topic);
+            self.state.hub.unsubscribe(&key, self.reg.conn);
+            self.reg.channels.retain(|k| *k != key);
+        }
+        self.send(ServerMessage::Unsubscribed { channels: topics });
+    }
+
+    async fn join(
+        &mut self,
+        topic: Topic,
+        filter: Option<Arc<EventFilter>>,
+    ) -> Result<(), crate::broker::BrokerError> {
+        let key = self.key(topic);
+        self.state.hub.subscribe(&key, self.reg.conn, &self.outbox, filter).await?;
+        if !self.reg.channels.contains(&key) {
+            self.reg.channels.push(key);
+        }
+        Ok(())
+    }
+
+    fn key(&self, topic: Topic) -> ChannelKey {
+        ChannelKey::new(self.principal.environment, self.principal.account.clone(), topic)
+    }
+
+    /// Queues a reply; a client too slow to take its own replies is a slow consumer.
+    fn send(&self, msg: ServerMessage) {
+        if self.outbox.push(msg.to_frame()) == Push::Full
+            && self.outbox.close(CloseCode::SlowConsumer)
+        {
+            self.state.metrics.slow_consumer_closes.inc();
+        }
+    }
+}

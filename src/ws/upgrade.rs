@@ -1,0 +1,142 @@
+//! `GET /v1/ws`: every check that can refuse a connection runs before the upgrade (SPEC §4.1),
+//! then the 101 is returned and the session is spawned on the node's task tracker.
+//!
+//! Owns: the order of pre-upgrade checks.  May use: state, auth, error, session.
+//! Never: upgrade a request that failed a check.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    body::Incoming,
+    header::{self, HeaderMap, HeaderValue},
+    Method, Request, Response, StatusCode, Version,
+};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::{
+    tungstenite::{handshake::derive_accept_key, protocol::Role},
+    WebSocketStream,
+};
+
+use super::session;
+use crate::{error::ApiError, scope::read_topics, state::AppState, token::TokenHash};
+
+/// Answers a `/v1/ws` request: an error response, or a 101 with the session spawned.
+pub async fn handle(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    state: &Arc<AppState>,
+) -> Response<Full<Bytes>> {
+    match check_and_upgrade(req, peer, state).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn check_and_upgrade(
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    state: &Arc<AppState>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    if req.method() != Method::GET {
+        return Err(ApiError::method_not_allowed());
+    }
+    let token = query_param(req.uri().query(), "token");
+    let principal = state.auth.authenticate(token.as_deref(), peer.ip()).await?;
+    if read_topics(&principal.scopes).is_empty() {
+        state.metrics.auth_failure("insufficient_scope");
+        return Err(ApiError::insufficient_scope("*.read").with_message(
+            "This API key has no `*.read` scope, so there is nothing it may stream.",
+        ));
+    }
+    let accept = websocket_accept(req.version(), req.headers())?;
+    if state.shutdown.token.is_cancelled() {
+        return Err(ApiError::shutting_down());
+    }
+    let expected = TokenHash::of(token.as_deref().unwrap_or_default());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let st = state.clone();
+    state.shutdown.tracker.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(st.ws_config()),
+                )
+                .await;
+                session::run(ws, principal, expected, st).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Full::default())
+        .map_err(|_| ApiError::internal())
+}
+
+/// The first value of `name` in a query string, percent-decoded.
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
+/// Validates the RFC 6455 handshake headers and returns `Sec-WebSocket-Accept`.
+fn websocket_accept(version: Version, headers: &HeaderMap) -> Result<String, ApiError> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if !has_token(header::UPGRADE, "websocket") {
+        return Err(ApiError::upgrade_required());
+    }
+    if version < Version::HTTP_11 || !has_token(header::CONNECTION, "upgrade") {
+        return Err(ApiError::invalid_upgrade("`Connection: Upgrade` over HTTP/1.1 is required."));
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION) != Some(&HeaderValue::from_static("13")) {
+        return Err(ApiError::invalid_upgrade("`Sec-WebSocket-Version: 13` is required.")
+            .with_param("Sec-WebSocket-Version"));
+    }
+    let key =
+        headers.get(header::SEC_WEBSOCKET_KEY).filter(|k| k.len() == 24).ok_or_else(|| {
+            ApiError::invalid_upgrade("A valid `Sec-WebSocket-Key` is required.")
+                .with_param("Sec-WebSocket-Key")
+        })?;
+    Ok(derive_accept_key(key.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_are_found_and_decoded() {
+        assert_eq!(query_param(Some("a=1&token=mt%5Ftest&x"), "token").as_deref(), Some("mt_test"));
+        assert_eq!(query_param(Some("a=1"), "token"), None);
+        assert_eq!(query_param(None, "token"), None);
+    }
+
+    #[test]
+    fn handshake_headers_are_checked() {
+        let mut h = HeaderMap::new();
+        assert_eq!(websocket_accept(Version::HTTP_11, &h).unwrap_err().code, "upgrade_required");
+        h.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        assert_eq!(
+            websocket_accept(Version::HTTP_11, &h).unwrap_err().param.as_deref(),
+            Some("Sec-WebSocket-Version")
+        );
+        h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        h.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="));
+        // RFC 6455 §1.3's worked example.
+        assert_eq!(websocket_accept(Version::HTTP_11, &h).unwrap(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert!(websocket_accept(Version::HTTP_10, &h).is_err());
+    }
+}
