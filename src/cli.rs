@@ -295,6 +295,7 @@ async fn post_json(
     body: String,
 ) -> anyhow::Result<(hyper::StatusCode, String)> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);

@@ -1,0 +1,197 @@
+//! The real binary: bootstrap, CLI key commands on the same data dir, restart, SIGTERM
+//! with 1001 and exit 0, and no secret in the process's output.
+
+use serde_json::{json, Value};
+
+use crate::support::{
+    bin::{run, Served},
+    WsClient,
+};
+
+#[tokio::test]
+async fn sigterm_closes_sockets_with_1001_and_exits_0_without_leaking_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut served = Served::start(dir.path(), &[]).await;
+    let token = served.bootstrap.clone().expect("bootstrap key printed on an empty store");
+    assert!(token.starts_with("mt_test_sk_"));
+    let url = format!("ws://{}/v1/ws?token={token}", served.addr);
+    let (mut a, _) = WsClient::authed(&url, &token).await;
+    let (mut b, _) = WsClient::authed(&url, &token).await;
+    // A failed attempt with the token in the query too: still nothing logged.
+    let _ = WsClient::try_connect(&format!("{url}x")).await;
+
+    served.signal_term();
+    assert_eq!(a.expect_close().await, 1001);
+    assert_eq!(b.expect_close().await, 1001);
+    assert_eq!(served.wait().await, 0);
+    let output = served.output();
+    assert_eq!(
+        output.matches(&token).count(),
+        1,
+        "the token appears only in the bootstrap line:\n{output}"
+    );
+    assert!(output.contains(&format!("bootstrap key (shown once): {token}")));
+}
+
+#[tokio::test]
+async fn keys_survive_a_restart_and_a_cli_revocation_sticks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(
+        dir.path(),
+        &[
+            "keys",
+            "create",
+            "--account",
+            "acct_cli",
+            "--env",
+            "live",
+            "--name",
+            "dash",
+            "--scopes",
+            "tasks.read,agents.read",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let created: Value = serde_json::from_str(&out).expect("one JSON object");
+    let token = created["key"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("mt_live_sk_"));
+    assert_eq!(created["scopes"], json!(["tasks.read", "agents.read"]));
+
+    let (code, out, _) = run(dir.path(), &["keys", "list", "--account", "acct_cli"]).await;
+    assert_eq!(code, 0);
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list["data"][0]["id"], id.as_str());
+    assert!(!out.contains(&token), "list never shows the secret");
+    assert!(list["data"][0]["redacted"].as_str().unwrap().ends_with(&token[token.len() - 4..]));
+
+    // The server starts on a non-empty store: no bootstrap key; the CLI key works.
+    let mut served = Served::start(dir.path(), &[]).await;
+    assert_eq!(served.bootstrap, None);
+    let url = format!("ws://{}/v1/ws?token={token}", served.addr);
+    let (mut c, ok) = WsClient::authed(&url, &token).await;
+    assert_eq!(ok["channels"], json!(["agents", "tasks"]));
+    // While the server holds the store, the CLI says so instead of corrupting it.
+    let (code, _, err) = run(dir.path(), &["keys", "list", "--account", "acct_cli"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("in use"), "{err}");
+    served.signal_term();
+    assert_eq!(c.expect_close().await, 1001);
+    assert_eq!(served.wait().await, 0);
+    assert!(
+        !served.output().contains(&token),
+        "the CLI-created key never appears in server output"
+    );
+
+    let (code, out, _) = run(dir.path(), &["keys", "revoke", &id]).await;
+    assert_eq!(code, 0);
+    assert!(serde_json::from_str::<Value>(&out).unwrap()["revoked_at"].is_string());
+
+    let mut served = Served::start(dir.path(), &[]).await;
+    let url = format!("ws://{}/v1/ws?token={token}", served.addr);
+    let refused = WsClient::try_connect(&url).await.err().expect("revoked key refused");
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.body["error"]["code"], "revoked_api_key");
+    assert_eq!(served.terminate().await, 0);
+}
+
+#[tokio::test]
+async fn cli_rejects_bad_input_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = ["keys", "create", "--account", "acct_x", "--env", "live", "--name", "n"];
+    let (code, _, err) =
+        run(dir.path(), &[&base[..], &["--scopes", "tasks.read,tasks.admin"]].concat()).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("tasks.admin"), "{err}");
+    let (code, _, err) =
+        run(dir.path(), &[&base[..], &["--scopes", "tasks.read", "--ip", "10.0.0.0/33"]].concat())
+            .await;
+    assert_eq!(code, 2, "{err}");
+    let (code, _, _) = run(
+        dir.path(),
+        &[
+            "keys",
+            "create",
+            "--account",
+            "a:b",
+            "--env",
+            "live",
+            "--name",
+            "n",
+            "--scopes",
+            "tasks.read",
+        ],
+    )
+    .await;
+    assert_eq!(code, 2);
+    let (code, _, err) = run(dir.path(), &["keys", "revoke", "key_doesnotexist"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("no key"), "{err}");
+}
+
+#[tokio::test]
+async fn publish_command_reaches_a_subscriber() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut served = Served::start(dir.path(), &[]).await;
+    let token = served.bootstrap.clone().unwrap();
+    let url = format!("ws://{}/v1/ws?token={token}", served.addr);
+    let (mut c, _) = WsClient::authed(&url, &token).await;
+    let admin = served.admin_addr.to_string();
+    let (code, out, err) = run(
+        dir.path(),
+        &[
+            "--admin-listen",
+            &admin,
+            "publish",
+            "--account",
+            "acct_local",
+            "--env",
+            "test",
+            "--channel",
+            "tasks",
+            "--event",
+            "task.completed",
+            "--data",
+            "{\"ok\":true}",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("evt_"), "{out}");
+    let e = c.recv().await;
+    assert_eq!(
+        (e["event"].as_str(), e["data"]["ok"].as_bool()),
+        (Some("task.completed"), Some(true))
+    );
+    served.signal_term();
+    assert_eq!(c.expect_close().await, 1001);
+    assert_eq!(served.wait().await, 0);
+}
+
+#[tokio::test]
+async fn invalid_config_is_one_line_naming_the_setting_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = crate::support::bin::command(dir.path())
+        .arg("serve")
+        .env("MITEOS_AUTH_TIMEOUT", "soon")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("auth_timeout"), "{err}");
+
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "max_header_bytes = 10\n").unwrap();
+    let out = crate::support::bin::command(dir.path())
+        .arg("--config")
+        .arg(&file)
+        .arg("serve")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_header_bytes"));
+}

@@ -1,0 +1,14 @@
+//! Test harness: an in-process server (`TestServer`), a WebSocket client that awaits frames
+//! with timeouts (`WsClient`), a raw-frame client for heartbeat tests (`RawWs`), a small HTTP
+//! client, and helpers to run the real binary.
+
+#![allow(dead_code)]
+
+pub mod bin;
+pub mod http;
+pub mod raw;
+pub mod server;
+pub mod ws;
+
+pub use server::TestServer;
+pub use ws::WsClient;

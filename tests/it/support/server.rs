@@ -1,0 +1,127 @@
+//! `TestServer`: a node built through the library on 127.0.0.1:0 with a temp data dir.
+
+use std::sync::Arc;
+
+use miteos_stream::{
+    ids::AccountId,
+    keys::service::NewKey,
+    scope::{Environment, Scope},
+    state::AppState,
+    Config, Node,
+};
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+
+use super::http::HttpClient;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    pub admin_addr: std::net::SocketAddr,
+    /// The bootstrap key: acct_local, test, every scope.
+    pub bootstrap: String,
+    pub state: Arc<AppState>,
+    task: Option<JoinHandle<()>>,
+    _dir: TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    /// Starts a server after `f` adjusted the test config.
+    pub async fn with(f: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_path_buf(),
+            admin_token: Some(ADMIN_TOKEN.into()),
+            // Clients still open when a test ends do not answer the 1001; don't wait long.
+            close_timeout: std::time::Duration::from_secs(1),
+            ..Config::default()
+        };
+        f(&mut cfg);
+        let node = Node::build(cfg).await.expect("node builds");
+        let bootstrap = node
+            .bootstrap
+            .as_ref()
+            .expect("bootstrap key on an empty store")
+            .token
+            .expose()
+            .to_owned();
+        let (addr, admin_addr, state) = (node.public_addr, node.admin_addr, node.state().clone());
+        let task = tokio::spawn(node.run(std::future::pending()));
+        Self { addr, admin_addr, bootstrap, state, task: Some(task), _dir: dir }
+    }
+
+    /// Stops the node (1001 to every socket) and re-raises a panic of its task.
+    pub async fn shutdown(mut self) {
+        self.state.shutdown.token.cancel();
+        if let Some(task) = self.task.take() {
+            if let Err(e) = task.await {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+    }
+
+    /// Creates a key directly through the key service and returns its secret.
+    pub async fn key(&self, account: &str, env: Environment, scopes: &[Scope]) -> (String, String) {
+        self.key_with(NewKey {
+            name: "test".into(),
+            account: AccountId::parse(account).unwrap(),
+            environment: env,
+            scopes: scopes.to_vec(),
+            ip_allowlist: vec![],
+            expires_at: None,
+        })
+        .await
+    }
+
+    /// Creates a key from a full `NewKey`; returns (secret, key id).
+    pub async fn key_with(&self, new: NewKey) -> (String, String) {
+        let created = self.state.keys.create(new).await.expect("create key");
+        (created.token.expose().to_owned(), created.record.id.to_string())
+    }
+
+    pub fn ws_url(&self, token: &str) -> String {
+        format!("ws://{}/v1/ws?token={token}", self.addr)
+    }
+
+    pub async fn http(&self) -> HttpClient {
+        HttpClient::connect(self.addr).await
+    }
+
+    pub async fn admin(&self) -> HttpClient {
+        HttpClient::connect(self.admin_addr).await
+    }
+
+    /// Publishes one event through the admin endpoint and asserts it was accepted.
+    pub async fn publish(
+        &self,
+        admin: &mut HttpClient,
+        account: &str,
+        env: &str,
+        channel: &str,
+        event: &str,
+        data: Value,
+    ) {
+        let body = serde_json::json!({"account_id": account, "environment": env, "channel": channel, "event": event, "data": data});
+        let resp =
+            admin.post_json("/internal/v1/publish", Some(ADMIN_TOKEN), &body.to_string()).await;
+        assert_eq!(resp.status, 200, "publish failed: {}", resp.body);
+    }
+
+    /// The current value of a metric line (exact name with labels), 0 if absent.
+    pub fn metric(&self, line_prefix: &str) -> f64 {
+        self.state
+            .metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(line_prefix).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+}
