@@ -288,6 +288,45 @@ mod tests {
     }
 
     #[test]
+    fn layers_apply_in_order_defaults_file_env_flags() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "auth_timeout = \"1s\"\nping_interval = \"2s\"\nlisten = \"127.0.0.1:1\"\n",
+            )?;
+            jail.set_env("MITEOS_PING_INTERVAL", "3s");
+            jail.set_env("MITEOS_LISTEN", "127.0.0.1:2");
+            jail.set_env("MITEOS_UNRELATED", "ignored"); // other MITEOS_* variables are not settings
+            let flags =
+                Flags { listen: Some("127.0.0.1:3".parse().expect("addr")), ..Flags::default() };
+            let c = Config::load(Some(Path::new("c.toml")), &flags).map_err(|e| e.to_string())?;
+            assert_eq!(c.auth_timeout, Duration::from_secs(1)); // file over default
+            assert_eq!(c.ping_interval, Duration::from_secs(3)); // env over file
+            assert_eq!(c.listen.port(), 3); // flag over env
+            assert_eq!(c.pong_timeout, Config::default().pong_timeout); // untouched default
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn env_errors_name_the_setting() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("MITEOS_MAX_MESSAGE_BYTES", "lots");
+            let e = Config::load(None, &Flags::default()).expect_err("bad value");
+            assert_eq!(e.setting, "max_message_bytes");
+            assert_eq!(e.to_string().lines().count(), 1);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error() {
+        let e = Config::load(Some(Path::new("/nonexistent/miteos.toml")), &Flags::default())
+            .unwrap_err();
+        assert_eq!(e.setting, "--config");
+    }
+
+    #[test]
     fn setting_names_cover_every_field() {
         let names = Config::setting_names();
         assert!(

@@ -5,6 +5,8 @@ mod support;
 
 mod binary;
 mod config_file;
+mod http_admin;
+mod key_store;
 mod ws_auth;
 mod ws_heartbeat;
 mod ws_slow_consumer;
