@@ -288,6 +288,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature
     fn layers_apply_in_order_defaults_file_env_flags() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
@@ -309,6 +310,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature
     fn env_errors_name_the_setting() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("MITEOS_MAX_MESSAGE_BYTES", "lots");
