@@ -4,8 +4,9 @@
 //! error each failure becomes.  May use: keys, token, scope, metrics.
 //! Never: log a credential. Invariants: a malformed token never reaches the store.
 
-use std::{net::IpAddr, sync::Arc};
+use std::{net::IpAddr, sync::Arc, time::Instant};
 
+use dashmap::DashMap;
 use time::OffsetDateTime;
 
 use crate::{
@@ -14,8 +15,12 @@ use crate::{
     keys::{KeyRecord, KeyStore},
     metrics::Metrics,
     scope::{Environment, Scope},
-    token::{Token, TokenHash},
+    tickets::TicketStore,
+    token::{Token, TokenHash, TokenKind},
 };
+
+/// `last_used_at` is written at most this often per key.
+const TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Who is calling: the key's identity and permissions, as of authentication.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,35 +41,63 @@ impl Principal {
     }
 }
 
-#[derive(Clone)]
 pub struct Authenticator {
     store: Arc<dyn KeyStore>,
+    tickets: Arc<dyn TicketStore>,
     metrics: Arc<Metrics>,
+    /// When this node last wrote `last_used_at` for a key.
+    touched: DashMap<KeyId, Instant>,
+}
+
+fn store_failed(e: crate::keys::StoreError) -> ApiError {
+    tracing::error!(error = %e, "key store failed");
+    ApiError::internal()
 }
 
 impl Authenticator {
-    pub fn new(store: Arc<dyn KeyStore>, metrics: Arc<Metrics>) -> Self {
-        Self { store, metrics }
+    pub fn new(
+        store: Arc<dyn KeyStore>,
+        tickets: Arc<dyn TicketStore>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self { store, tickets, metrics, touched: DashMap::new() }
     }
 
-    /// Checks an API key presented by `peer`; counts every failure by code.
+    pub fn tickets(&self) -> &Arc<dyn TicketStore> {
+        &self.tickets
+    }
+
+    /// Checks an API key presented from `client`; counts every failure by code.
     pub async fn authenticate(
         &self,
         credential: Option<&str>,
-        peer: IpAddr,
+        client: IpAddr,
     ) -> Result<Principal, ApiError> {
-        let result = self.check(credential, peer, OffsetDateTime::now_utc()).await;
+        let result = self.check_key(credential, client).await;
+        self.count(result)
+    }
+
+    /// Redeems a single-use ticket presented from `client` (it is gone afterwards).
+    pub async fn authenticate_ticket(
+        &self,
+        ticket: &str,
+        client: IpAddr,
+    ) -> Result<Principal, ApiError> {
+        let result = self.check_ticket(ticket, client).await;
+        self.count(result)
+    }
+
+    fn count(&self, result: Result<Principal, ApiError>) -> Result<Principal, ApiError> {
         if let Err(e) = &result {
             self.metrics.auth_failure(e.code);
         }
         result
     }
 
-    async fn check(
+    async fn check_key(
         &self,
         credential: Option<&str>,
-        peer: IpAddr,
-        now: OffsetDateTime,
+        client: IpAddr,
     ) -> Result<Principal, ApiError> {
         let credential =
             credential.filter(|c| !c.is_empty()).ok_or_else(ApiError::missing_api_key)?;
@@ -74,12 +107,47 @@ impl Authenticator {
             .store
             .by_hash(&hash)
             .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "key store lookup failed");
-                ApiError::internal()
-            })?
+            .map_err(store_failed)?
             .ok_or_else(ApiError::invalid_api_key)?;
-        principal_for(&rec, hash, peer, now)
+        let principal = principal_for(&rec, hash, client, OffsetDateTime::now_utc())?;
+        self.touch(&rec).await;
+        Ok(principal)
+    }
+
+    async fn check_ticket(&self, ticket: &str, client: IpAddr) -> Result<Principal, ApiError> {
+        let invalid =
+            || ApiError::invalid_api_key().with_message("Invalid, expired or already used ticket.");
+        let (ticket, _env) = Token::parse_kind(ticket, TokenKind::Ticket).map_err(|_| invalid())?;
+        let rec =
+            self.tickets.take(&ticket.hash()).await.map_err(store_failed)?.ok_or_else(invalid)?;
+        let now = OffsetDateTime::now_utc();
+        if rec.expires_at <= now {
+            return Err(invalid());
+        }
+        let key = self.store.get(&rec.key_id).await.map_err(store_failed)?.ok_or_else(invalid)?;
+        let principal = principal_for(&key, rec.secret, client, now)?;
+        self.touch(&key).await;
+        Ok(principal)
+    }
+
+    /// Records use of a key, at most once per `TOUCH_EVERY` per key (no write per request).
+    /// A failed write is logged, never fatal to the request.
+    async fn touch(&self, rec: &KeyRecord) {
+        let now = Instant::now();
+        let wall = OffsetDateTime::now_utc();
+        if rec.last_used_at.is_some_and(|t| wall - t < TOUCH_EVERY) {
+            return;
+        }
+        if self.touched.get(&rec.id).is_some_and(|t| now.duration_since(*t) < TOUCH_EVERY) {
+            return;
+        }
+        if self.touched.len() > 100_000 {
+            self.touched.retain(|_, t| now.duration_since(*t) < TOUCH_EVERY);
+        }
+        self.touched.insert(rec.id.clone(), now);
+        if let Err(e) = self.store.touch(&rec.id, wall).await {
+            tracing::warn!(key_id = %rec.id, error = %e, "could not record last_used_at");
+        }
     }
 }
 

@@ -83,6 +83,15 @@ enum KeysCommand {
         #[arg(value_name = "KEY_ID")]
         key_id: String,
     },
+    /// Issue a new secret for a key (same id); prints the record with the new `key`.
+    Rotate {
+        #[arg(value_name = "KEY_ID")]
+        key_id: String,
+        /// Seconds the old secret keeps working (0 to 604800).
+        #[arg(long = "grace-period", value_name = "SECONDS", default_value_t = 0,
+              value_parser = clap::value_parser!(u64).range(0..=crate::keys::service::MAX_GRACE_SECONDS))]
+        grace_period: u64,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -210,15 +219,30 @@ async fn keys(command: KeysCommand, config: &Config) -> Result<(), Failure> {
             print_json(&serde_json::json!({ "data": views }))
         }
         KeysCommand::Revoke { key_id } => {
-            let rec =
-                service.revoke(&KeyId::from_string(key_id.clone())).await.map_err(|e| match e {
-                    crate::keys::StoreError::NotFound => {
-                        Failure(1, anyhow!("no key with id {key_id}"))
-                    }
-                    other => other.into(),
-                })?;
+            let id = KeyId::from_string(key_id.clone());
+            let rec = service.revoke(&id).await.map_err(|e| not_found(e, &key_id))?;
             print_json(&rec.view())
         }
+        KeysCommand::Rotate { key_id, grace_period } => {
+            let id = KeyId::from_string(key_id.clone());
+            let current = service
+                .get(&id)
+                .await?
+                .ok_or_else(|| Failure(1, anyhow!("no key with id {key_id}")))?;
+            if current.revoked_at.is_some() {
+                return Err(Failure(1, anyhow!("key {key_id} is revoked and cannot be rotated")));
+            }
+            let created =
+                service.rotate(&id, grace_period).await.map_err(|e| not_found(e, &key_id))?;
+            print_json(&created.to_json())
+        }
+    }
+}
+
+fn not_found(e: crate::keys::StoreError, key_id: &str) -> Failure {
+    match e {
+        crate::keys::StoreError::NotFound => Failure(1, anyhow!("no key with id {key_id}")),
+        other => other.into(),
     }
 }
 

@@ -34,8 +34,14 @@ pub struct Config {
     /// Bearer token for the admin listener's publish endpoint. When unset the server
     /// generates one and writes it to `<data_dir>/admin_token` (mode 0600).
     pub admin_token: Option<String>,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` is believed: when the socket peer is one of
+    /// them, the client address is the right-most untrusted entry of that header.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
     pub log: String,
+    /// How long a WebSocket ticket from `POST /v1/ws/tickets` stays valid.
+    #[serde(with = "duration")]
+    pub ticket_ttl: Duration,
     /// Time a client has to send complete request headers (slowloris guard).
     #[serde(with = "duration")]
     pub header_read_timeout: Duration,
@@ -79,7 +85,9 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             redis_url: None,
             admin_token: None,
+            trusted_proxies: Vec::new(),
             log: "info".into(),
+            ticket_ttl: Duration::from_secs(60),
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
             max_body_bytes: 64 * 1024,
@@ -171,6 +179,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
             ("header_read_timeout", self.header_read_timeout),
+            ("ticket_ttl", self.ticket_ttl),
             ("auth_timeout", self.auth_timeout),
             ("ping_interval", self.ping_interval),
             ("pong_timeout", self.pong_timeout),
@@ -334,6 +343,6 @@ mod tests {
         assert!(
             names.contains(&"redis_url".to_owned()) && names.contains(&"auth_timeout".to_owned())
         );
-        assert_eq!(names.len(), 20);
+        assert_eq!(names.len(), 22);
     }
 }

@@ -54,6 +54,11 @@ impl ApiError {
         self
     }
 
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = code;
+        self
+    }
+
     pub fn with_param(mut self, param: impl Into<String>) -> Self {
         self.param = Some(param.into());
         self
@@ -89,6 +94,15 @@ impl ApiError {
     pub fn invalid_param(param: &str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, INVALID_REQUEST, "invalid_param", message)
             .with_param(param)
+    }
+    pub fn unknown_param(param: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            INVALID_REQUEST,
+            "unknown_param",
+            format!("Unknown parameter `{param}`."),
+        )
+        .with_param(param)
     }
     pub fn invalid_cidr(value: &str) -> Self {
         Self::new(

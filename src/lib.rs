@@ -56,6 +56,7 @@ pub mod server;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
+pub mod tickets;
 pub mod token;
 pub mod ws;
 

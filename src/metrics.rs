@@ -16,6 +16,12 @@ pub struct CodeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SecretLabel {
+    /// `current`, or `previous` for a secret inside a rotation's grace period.
+    pub secret: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CloseLabel {
     pub code: u16,
 }
@@ -25,6 +31,7 @@ pub struct Metrics {
     registry: Registry,
     pub connections_open: Gauge,
     pub connections_total: Counter,
+    pub connections_by_secret: Family<SecretLabel, Gauge>,
     pub auth_failures: Family<CodeLabel, Counter>,
     pub closes: Family<CloseLabel, Counter>,
     pub events_published: Counter,
@@ -47,6 +54,7 @@ impl Metrics {
             registry: Registry::with_prefix("miteos"),
             connections_open: Gauge::default(),
             connections_total: Counter::default(),
+            connections_by_secret: Family::default(),
             auth_failures: Family::default(),
             closes: Family::default(),
             events_published: Counter::default(),
@@ -112,6 +120,16 @@ impl Metrics {
 
     pub fn auth_failure(&self, code: &'static str) {
         self.auth_failures.get_or_create(&CodeLabel { code }).inc();
+    }
+
+    /// Sets the per-secret connection gauges (computed at scrape time).
+    pub fn set_by_secret(&self, current: usize, previous: usize) {
+        self.connections_by_secret
+            .get_or_create(&SecretLabel { secret: "current" })
+            .set(current as i64);
+        self.connections_by_secret
+            .get_or_create(&SecretLabel { secret: "previous" })
+            .set(previous as i64);
     }
 
     /// The Prometheus text exposition of every metric.

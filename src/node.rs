@@ -25,6 +25,7 @@ use crate::{
     server,
     shutdown::Shutdown,
     state::AppState,
+    tickets::MemoryTickets,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +80,7 @@ impl Node {
         let public_addr = local(&public, config.listen)?;
         let admin_addr = local(&admin, config.admin_listen)?;
         let state = Arc::new(AppState {
-            auth: Authenticator::new(store, metrics.clone()),
+            auth: Authenticator::new(store, Arc::new(MemoryTickets::default()), metrics.clone()),
             config,
             hub,
             keys,

@@ -1,5 +1,6 @@
 //! The API-key token format of SPEC §2: `mt_<env>_sk_` + 40 base62 CSPRNG characters + a
 //! 6-character base62 CRC32 of everything before it; plus its SHA-256 lookup hash.
+//! WebSocket tickets use the same shape with `_tk_` (`mt_<env>_tk_…`).
 //!
 //! Owns: generating, parsing and hashing secrets.  May use: scope, ids, sha2, crc32fast.
 //! Never: I/O, logging a secret. Invariants: `parse` rejects a bad prefix, length, alphabet
@@ -29,23 +30,42 @@ pub enum TokenError {
     BadChecksum,
 }
 
+/// What a secret is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// An API key, `mt_<env>_sk_…`.
+    ApiKey,
+    /// A single-use WebSocket ticket, `mt_<env>_tk_…`.
+    Ticket,
+}
+
 /// A full secret. Only ever shown once, in the response that creates it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Token(String);
 
 impl Token {
-    /// A fresh random token for `env`.
+    /// A fresh random API key for `env`.
     pub fn generate(env: Environment) -> Self {
-        let head = format!("{}{}", prefix(env), random_base62(BODY_LEN));
+        Self::generate_kind(env, TokenKind::ApiKey)
+    }
+
+    /// A fresh random secret of `kind` for `env`.
+    pub fn generate_kind(env: Environment, kind: TokenKind) -> Self {
+        let head = format!("{}{}", prefix(env, kind), random_base62(BODY_LEN));
         let check = checksum(&head);
         Self(format!("{head}{check}"))
     }
 
-    /// Checks format and checksum (no store lookup) and returns the token's environment.
+    /// Checks an API key's format and checksum (no store lookup); returns its environment.
     pub fn parse(s: &str) -> Result<(Self, Environment), TokenError> {
-        let (env, rest) = if let Some(r) = s.strip_prefix(prefix(Environment::Live)) {
+        Self::parse_kind(s, TokenKind::ApiKey)
+    }
+
+    /// Checks format and checksum of a secret of `kind`; returns its environment.
+    pub fn parse_kind(s: &str, kind: TokenKind) -> Result<(Self, Environment), TokenError> {
+        let (env, rest) = if let Some(r) = s.strip_prefix(prefix(Environment::Live, kind)) {
             (Environment::Live, r)
-        } else if let Some(r) = s.strip_prefix(prefix(Environment::Test)) {
+        } else if let Some(r) = s.strip_prefix(prefix(Environment::Test, kind)) {
             (Environment::Test, r)
         } else {
             return Err(TokenError::BadPrefix);
@@ -95,10 +115,12 @@ pub fn redact(secret: &str) -> String {
     format!("{}…{}", &secret[..cut], tail)
 }
 
-fn prefix(env: Environment) -> &'static str {
-    match env {
-        Environment::Live => "mt_live_sk_",
-        Environment::Test => "mt_test_sk_",
+fn prefix(env: Environment, kind: TokenKind) -> &'static str {
+    match (env, kind) {
+        (Environment::Live, TokenKind::ApiKey) => "mt_live_sk_",
+        (Environment::Test, TokenKind::ApiKey) => "mt_test_sk_",
+        (Environment::Live, TokenKind::Ticket) => "mt_live_tk_",
+        (Environment::Test, TokenKind::Ticket) => "mt_test_tk_",
     }
 }
 
@@ -186,6 +208,16 @@ mod tests {
             Token::parse(&t.replacen("mt_live", "mt_test", 1)),
             Err(TokenError::BadChecksum)
         );
+    }
+
+    #[test]
+    fn tickets_and_keys_are_not_interchangeable() {
+        let t = Token::generate_kind(Environment::Live, TokenKind::Ticket);
+        assert!(t.expose().starts_with("mt_live_tk_"));
+        assert_eq!(Token::parse_kind(t.expose(), TokenKind::Ticket).unwrap().1, Environment::Live);
+        assert_eq!(Token::parse(t.expose()), Err(TokenError::BadPrefix));
+        let k = Token::generate(Environment::Test);
+        assert_eq!(Token::parse_kind(k.expose(), TokenKind::Ticket), Err(TokenError::BadPrefix));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::KeyId;
+use crate::{ids::KeyId, token::TokenHash};
 pub use codec::{ChannelKey, DecodeError, Event};
 
 /// A message between nodes about keys.
@@ -24,6 +24,13 @@ pub use codec::{ChannelKey, DecodeError, Event};
 pub enum ControlMessage {
     /// Close every stream of this key with 4003 and forget any cached copy of it.
     Revoke { key_id: KeyId },
+    /// A rotation: streams opened with this secret close with 4003 at `at` (now if past).
+    Retire {
+        key_id: KeyId,
+        secret: TokenHash,
+        #[serde(with = "time::serde::rfc3339")]
+        at: time::OffsetDateTime,
+    },
 }
 
 /// What a broker hands to the node.

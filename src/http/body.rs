@@ -10,8 +10,8 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::ApiError;
 
-/// Reads and parses a JSON body of at most `limit` bytes. An empty body without a content
-/// type reads as `{}` (for POSTs whose parameters are all optional).
+/// Reads and parses a JSON body of at most `limit` bytes. An empty body reads as `{}` (for
+/// POSTs whose parameters are all optional).
 pub async fn read_json<T: DeserializeOwned>(
     req: Request<Incoming>,
     limit: usize,

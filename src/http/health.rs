@@ -41,6 +41,8 @@ pub async fn readyz(state: &AppState) -> Response<Full<Bytes>> {
 }
 
 pub fn metrics(state: &Arc<AppState>) -> Response<Full<Bytes>> {
+    let (current, previous) = state.hub.sessions_by_secret();
+    state.metrics.set_by_secret(current, previous);
     let mut resp = Response::new(Full::new(Bytes::from(state.metrics.render())));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

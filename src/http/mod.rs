@@ -3,9 +3,12 @@
 //! Owns: which (listener, method, path) goes to which handler.  May use: state, error, ws,
 //! the handlers below.  Never: log a query string unredacted or a header value.
 
+pub mod api_keys;
 pub mod body;
+pub mod client_ip;
 pub mod health;
 pub mod publish;
+pub mod tickets;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -45,10 +48,17 @@ async fn dispatch(
     use Listener::{Admin, Public};
     let path = req.uri().path().to_owned();
     let m = req.method();
+    let client = client_ip::client_ip(peer.ip(), req.headers(), &state.config.trusted_proxies);
     match (listener, path.as_str()) {
         (_, "/healthz") if m == Method::GET => health::healthz(),
         (_, "/readyz") if m == Method::GET => health::readyz(state).await,
-        (Public, "/v1/ws") => ws::upgrade::handle(req, peer, state).await,
+        (Public, "/v1/ws") => ws::upgrade::handle(req, client, state).await,
+        (Public, "/v1/ws/tickets") if m == Method::POST => {
+            tickets::handle(req, client, state).await
+        }
+        (Public, p) if p == "/v1/api-keys" || p.starts_with("/v1/api-keys/") => {
+            api_keys::handle(req, client, state).await
+        }
         (Admin, "/metrics") if m == Method::GET => health::metrics(state),
         (Admin, "/internal/v1/publish") if m == Method::POST => publish::handle(req, state).await,
         (_, "/healthz" | "/readyz") | (Admin, "/metrics" | "/internal/v1/publish") => {

@@ -55,6 +55,8 @@ pub struct Hub {
     broker: Arc<dyn Broker>,
     channels: DashMap<ChannelKey, Arc<Channel>>,
     sessions: DashMap<ConnId, SessionEntry>,
+    /// Secrets replaced by a rotation and still inside their grace period, with its end.
+    retiring: DashMap<TokenHash, time::OffsetDateTime>,
     metrics: Arc<Metrics>,
 }
 
@@ -71,6 +73,7 @@ impl Hub {
                 broker: make_broker(handler),
                 channels: DashMap::new(),
                 sessions: DashMap::new(),
+                retiring: DashMap::new(),
                 metrics,
             }
         })
@@ -112,6 +115,13 @@ impl Hub {
         for s in self.sessions.iter() {
             s.outbox.close(code);
         }
+    }
+
+    /// Open sessions as (using a current secret, using a secret retiring after a rotation).
+    pub fn sessions_by_secret(&self) -> (usize, usize) {
+        let previous =
+            self.sessions.iter().filter(|s| self.retiring.contains_key(&s.secret)).count();
+        (self.sessions.len() - previous, previous)
     }
 
     // === subscriptions ===
@@ -203,7 +213,32 @@ impl Hub {
                 let n = self.close_key(&key_id, None, CloseCode::KeyRevoked);
                 tracing::info!(key_id = %key_id, closed = n, "key revoked");
             }
+            ControlMessage::Retire { key_id, secret, at } => self.retire(key_id, secret, at),
         }
+    }
+
+    /// Closes the streams of a rotated-out secret when its grace period ends.
+    fn retire(&self, key_id: KeyId, secret: TokenHash, at: time::OffsetDateTime) {
+        let left =
+            Duration::try_from(at - time::OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO);
+        let rt = match tokio::runtime::Handle::try_current() {
+            Ok(rt) if !left.is_zero() => rt,
+            _ => {
+                let n = self.close_key(&key_id, Some(&secret), CloseCode::KeyRevoked);
+                tracing::info!(key_id = %key_id, closed = n, "rotated secret retired");
+                return;
+            }
+        };
+        self.retiring.insert(secret, at);
+        let me = self.me.clone();
+        rt.spawn(async move {
+            tokio::time::sleep(left).await;
+            if let Some(hub) = me.upgrade() {
+                hub.retiring.remove(&secret);
+                let n = hub.close_key(&key_id, Some(&secret), CloseCode::KeyRevoked);
+                tracing::info!(key_id = %key_id, closed = n, "rotated secret retired");
+            }
+        });
     }
 }
 

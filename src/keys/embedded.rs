@@ -189,6 +189,32 @@ impl KeyStore for EmbeddedKeyStore {
         .await
     }
 
+    async fn touch(&self, id: &KeyId, at: time::OffsetDateTime) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.blocking(move |s| {
+            s.write(|tx| {
+                let mut rec = {
+                    let keys = tx.open_table(KEYS).map_err(unavailable)?;
+                    let raw =
+                        keys.get(id.as_str()).map_err(unavailable)?.ok_or(StoreError::NotFound)?;
+                    decode(raw.value())?
+                };
+                if rec.last_used_at.is_some_and(|t| t >= at) {
+                    return Ok(());
+                }
+                rec.last_used_at = Some(at);
+                let json =
+                    serde_json::to_vec(&rec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                tx.open_table(KEYS)
+                    .map_err(unavailable)?
+                    .insert(id.as_str(), json.as_slice())
+                    .map_err(unavailable)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.blocking(|s| s.db.begin_read().map(|_| ()).map_err(unavailable)).await
     }

@@ -119,6 +119,8 @@ pub trait KeyStore: Send + Sync + 'static {
     ) -> Result<Vec<KeyRecord>, StoreError>;
     /// Replaces an existing record; hashes no longer in `rec.secrets` stop resolving.
     async fn update(&self, rec: &KeyRecord) -> Result<(), StoreError>;
+    /// Sets only `last_used_at` (never overwrites a concurrent revoke or rotate).
+    async fn touch(&self, id: &KeyId, at: OffsetDateTime) -> Result<(), StoreError>;
     /// Answers when the store is usable (`/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -4,7 +4,7 @@
 //! Owns: the order of pre-upgrade checks.  May use: state, auth, error, session.
 //! Never: upgrade a request that failed a check.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::IpAddr, sync::Arc};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -25,10 +25,10 @@ use crate::{error::ApiError, scope::read_topics, state::AppState, token::TokenHa
 /// Answers a `/v1/ws` request: an error response, or a 101 with the session spawned.
 pub async fn handle(
     req: Request<Incoming>,
-    peer: SocketAddr,
+    client: IpAddr,
     state: &Arc<AppState>,
 ) -> Response<Full<Bytes>> {
-    match check_and_upgrade(req, peer, state).await {
+    match check_and_upgrade(req, client, state).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
@@ -36,14 +36,27 @@ pub async fn handle(
 
 async fn check_and_upgrade(
     mut req: Request<Incoming>,
-    peer: SocketAddr,
+    client: IpAddr,
     state: &Arc<AppState>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     if req.method() != Method::GET {
         return Err(ApiError::method_not_allowed());
     }
-    let token = query_param(req.uri().query(), "token");
-    let principal = state.auth.authenticate(token.as_deref(), peer.ip()).await?;
+    let query = req.uri().query();
+    let (token, ticket) = (query_param(query, "token"), query_param(query, "ticket"));
+    let (principal, credential) = match (token, ticket) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid_param(
+                "ticket",
+                "Pass either `token` or `ticket`, not both.",
+            ));
+        }
+        (None, Some(ticket)) => (state.auth.authenticate_ticket(&ticket, client).await?, ticket),
+        (token, None) => {
+            let p = state.auth.authenticate(token.as_deref(), client).await?;
+            (p, token.unwrap_or_default())
+        }
+    };
     if read_topics(&principal.scopes).is_empty() {
         state.metrics.auth_failure("insufficient_scope");
         return Err(ApiError::insufficient_scope("*.read").with_message(
@@ -54,7 +67,7 @@ async fn check_and_upgrade(
     if state.shutdown.token.is_cancelled() {
         return Err(ApiError::shutting_down());
     }
-    let expected = TokenHash::of(token.as_deref().unwrap_or_default());
+    let expected = TokenHash::of(&credential);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let st = state.clone();
     state.shutdown.tracker.spawn(async move {

@@ -1,0 +1,120 @@
+//! Single-use, 60-second WebSocket tickets (SPEC §3 `POST /v1/ws/tickets`): a browser gets
+//! one from its backend and connects with `?ticket=` without ever holding the API key.
+//!
+//! A ticket stores only who minted it (key id + the hash of the minting secret); redeeming it
+//! re-reads the key, so a ticket dies with its key (revoked, expired, rotated past grace)
+//! and is checked against the key's current IP allowlist.
+//!
+//! Owns: `TicketStore` and the in-process implementation.  May use: token, ids, dashmap.
+//! Invariants: `take` hands a ticket out at most once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use time::OffsetDateTime;
+
+use crate::{
+    auth::Principal,
+    ids::KeyId,
+    keys::StoreError,
+    token::{Token, TokenHash, TokenKind},
+};
+
+/// What a ticket remembers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TicketRecord {
+    pub key_id: KeyId,
+    /// Hash of the API-key secret that minted it.
+    pub secret: TokenHash,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// Where tickets wait to be redeemed.
+#[async_trait::async_trait]
+pub trait TicketStore: Send + Sync + 'static {
+    async fn put(&self, hash: TokenHash, rec: TicketRecord) -> Result<(), StoreError>;
+    /// Removes and returns the ticket: a second `take` of the same hash gets `None`.
+    async fn take(&self, hash: &TokenHash) -> Result<Option<TicketRecord>, StoreError>;
+}
+
+/// Mints a ticket for `principal` valid for `ttl`; returns the secret ticket and its expiry.
+pub async fn mint(
+    store: &dyn TicketStore,
+    principal: &Principal,
+    ttl: std::time::Duration,
+) -> Result<(Token, OffsetDateTime), StoreError> {
+    let ticket = Token::generate_kind(principal.environment, TokenKind::Ticket);
+    let expires_at = OffsetDateTime::now_utc() + ttl;
+    let rec =
+        TicketRecord { key_id: principal.key_id.clone(), secret: principal.secret, expires_at };
+    store.put(ticket.hash(), rec).await?;
+    Ok((ticket, expires_at))
+}
+
+/// In-process tickets (embedded mode). Expired tickets are swept every 1,024 mints.
+#[derive(Default)]
+pub struct MemoryTickets {
+    map: DashMap<TokenHash, TicketRecord>,
+    mints: AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl TicketStore for MemoryTickets {
+    async fn put(&self, hash: TokenHash, rec: TicketRecord) -> Result<(), StoreError> {
+        if self.mints.fetch_add(1, Ordering::Relaxed) % 1024 == 1023 {
+            let now = OffsetDateTime::now_utc();
+            self.map.retain(|_, t| t.expires_at > now);
+        }
+        self.map.insert(hash, rec);
+        Ok(())
+    }
+
+    async fn take(&self, hash: &TokenHash) -> Result<Option<TicketRecord>, StoreError> {
+        Ok(self.map.remove(hash).map(|(_, rec)| rec))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ids::AccountId, scope::Environment};
+
+    fn principal() -> Principal {
+        Principal {
+            key_id: KeyId::generate(),
+            account: AccountId::parse("acct_t").unwrap(),
+            environment: Environment::Live,
+            scopes: vec![],
+            secret: TokenHash::of("s"),
+            expires_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_ticket_is_taken_once() {
+        let store = MemoryTickets::default();
+        let (ticket, expires_at) =
+            mint(&store, &principal(), std::time::Duration::from_secs(60)).await.unwrap();
+        assert!(ticket.expose().starts_with("mt_live_tk_"));
+        assert!(expires_at > OffsetDateTime::now_utc() + time::Duration::seconds(59));
+        assert!(store.take(&ticket.hash()).await.unwrap().is_some());
+        assert!(store.take(&ticket.hash()).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn expired_tickets_are_swept() {
+        let store = MemoryTickets::default();
+        let old = TicketRecord {
+            key_id: KeyId::generate(),
+            secret: TokenHash::of("x"),
+            expires_at: OffsetDateTime::now_utc(),
+        };
+        store.put(TokenHash::of("old"), old).await.unwrap();
+        for _ in 0..1023 {
+            mint(&store, &principal(), std::time::Duration::from_secs(60)).await.unwrap();
+        }
+        assert!(store.take(&TokenHash::of("old")).await.unwrap().is_none());
+        assert_eq!(store.map.len(), 1023);
+    }
+}
