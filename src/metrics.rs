@@ -76,6 +76,11 @@ impl Metrics {
             m.connections_total.clone(),
         );
         r.register(
+            "connections_by_secret",
+            "Open WebSocket connections by the secret they use (previous = rotated, in grace)",
+            m.connections_by_secret.clone(),
+        );
+        r.register(
             "auth_failures",
             "Failed authentications by error code",
             m.auth_failures.clone(),

@@ -37,12 +37,11 @@ pub async fn read_json<T: DeserializeOwned>(
             }
         })?
         .to_bytes();
-    match content_type {
-        None if bytes.is_empty() => {
-            return serde_json::from_slice(b"{}").map_err(ApiError::invalid_json)
-        }
-        Some(ct) if is_json(&ct) => {}
-        _ => return Err(ApiError::unsupported_media_type()),
+    if bytes.is_empty() {
+        return serde_json::from_slice(b"{}").map_err(ApiError::invalid_json);
+    }
+    if !content_type.as_deref().is_some_and(is_json) {
+        return Err(ApiError::unsupported_media_type());
     }
     serde_json::from_slice(&bytes).map_err(ApiError::invalid_json)
 }

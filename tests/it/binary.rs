@@ -195,3 +195,129 @@ async fn invalid_config_is_one_line_naming_the_setting_and_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_header_bytes"));
 }
+
+#[tokio::test]
+async fn no_secret_reaches_the_log_even_at_debug_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin_token = "admin-secret-0123456789abcdef";
+    let mut served =
+        Served::start(dir.path(), &[("RUST_LOG", "debug"), ("MITEOS_ADMIN_TOKEN", admin_token)])
+            .await;
+    let boot = served.bootstrap.clone().unwrap();
+    let mut http = crate::support::http::HttpClient::connect(served.addr).await;
+    let created = http
+        .post_json(
+            "/v1/api-keys",
+            Some(&boot),
+            &json!({"name": "n", "scopes": ["tasks.read", "teams.read"]}).to_string(),
+        )
+        .await
+        .json();
+    let key = created["key"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let rotated = http
+        .post_json(
+            &format!("/v1/api-keys/{id}/rotate"),
+            Some(&boot),
+            "{\"grace_period_seconds\": 60}",
+        )
+        .await
+        .json();
+    let new_key = rotated["key"].as_str().unwrap().to_owned();
+    let ticket = http.post_json("/v1/ws/tickets", Some(&new_key), "").await.json()["ticket"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let url = |q: &str| format!("ws://{}/v1/ws?{q}", served.addr);
+    let (mut a, _) = WsClient::authed(&url(&format!("token={key}")), &key).await;
+    let mut b = WsClient::connect(&url(&format!("ticket={ticket}"))).await;
+    b.send(json!({"type": "auth", "ticket": ticket})).await;
+    assert_eq!(b.recv().await["type"], "auth.success");
+    // Failures that carry secrets: reused ticket, wrong first message, bad admin token.
+    let _ = WsClient::try_connect(&url(&format!("ticket={ticket}"))).await;
+    let mut c = WsClient::connect(&url(&format!("token={new_key}"))).await;
+    c.send(json!({"type": "auth", "token": key})).await;
+    assert_eq!(c.expect_close().await, 4001);
+    let mut admin = crate::support::http::HttpClient::connect(served.admin_addr).await;
+    assert_eq!(
+        admin.post_json("/internal/v1/publish", Some("wrong-admin-token-xyz"), "{}").await.status,
+        401
+    );
+    let ok = admin
+        .post_json("/internal/v1/publish", Some(admin_token), &json!({"account_id": "acct_local", "environment": "test", "channel": "tasks", "event": "e"}).to_string())
+        .await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(a.recv().await["event"], "e");
+
+    served.signal_term();
+    assert_eq!(a.expect_close().await, 1001);
+    assert_eq!(b.expect_close().await, 1001);
+    assert_eq!(served.wait().await, 0);
+    let output = served.output();
+    assert!(output.contains("DEBUG"), "debug logging was on");
+    for (what, secret) in [
+        ("key", &key),
+        ("rotated key", &new_key),
+        ("ticket", &ticket),
+        ("admin token", &admin_token.to_owned()),
+    ] {
+        assert!(!output.contains(secret.as_str()), "{what} leaked into the output");
+    }
+    assert_eq!(output.matches(&boot).count(), 1, "bootstrap key only in its own line");
+}
+
+#[tokio::test]
+async fn cli_rotate_prints_a_new_secret_for_the_same_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, out, _) = run(
+        dir.path(),
+        &[
+            "keys",
+            "create",
+            "--account",
+            "acct_r",
+            "--env",
+            "test",
+            "--name",
+            "n",
+            "--scopes",
+            "tasks.read",
+            "--ip",
+            "10.0.0.0/8",
+            "--expires-at",
+            "2099-01-01T00:00:00Z",
+        ],
+    )
+    .await;
+    let created: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(created["ip_allowlist"], json!(["10.0.0.0/8"]));
+    assert_eq!(created["expires_at"], "2099-01-01T00:00:00Z");
+    let id = created["id"].as_str().unwrap();
+    let (code, out, err) = run(dir.path(), &["keys", "rotate", id, "--grace-period", "30"]).await;
+    assert_eq!(code, 0, "{err}");
+    let rotated: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rotated["id"], id);
+    assert_ne!(rotated["key"], created["key"]);
+    let (code, _, _) =
+        run(dir.path(), &["keys", "rotate", id, "--grace-period", "999999999"]).await;
+    assert_eq!(code, 2);
+    let (code, _, err) = run(
+        dir.path(),
+        &[
+            "keys",
+            "create",
+            "--account",
+            "acct_r",
+            "--env",
+            "test",
+            "--name",
+            "n",
+            "--scopes",
+            "tasks.read",
+            "--expires-at",
+            "2001-01-01T00:00:00Z",
+        ],
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+}

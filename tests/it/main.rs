@@ -3,10 +3,14 @@
 
 mod support;
 
+mod api_keys;
 mod binary;
 mod config_file;
 mod http_admin;
+mod ip_allowlist;
+mod key_lifecycle;
 mod key_store;
+mod tickets;
 mod ws_auth;
 mod ws_heartbeat;
 mod ws_slow_consumer;
