@@ -116,13 +116,11 @@ async fn error_table_401_rows() {
             expires_at: Some(past),
         })
         .await;
+    let unknown = miteos_stream::token::Token::generate(Environment::Test);
     let cases: [(Option<&str>, &str); 5] = [
         (None, "missing_api_key"),
         (Some("mt_test_sk_short"), "invalid_api_key"),
-        (
-            Some(&miteos_stream::token::Token::generate(Environment::Test).expose().to_owned()),
-            "invalid_api_key",
-        ),
+        (Some(unknown.expose()), "invalid_api_key"),
         (Some(&expired), "expired_api_key"),
         (Some(&revoked), "revoked_api_key"),
     ];
