@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use crate::{
     error::ApiError,
     ids::{AccountId, KeyId},
-    keys::{KeyRecord, KeyStore},
+    keys::{cache::KeyCache, KeyRecord, KeyStore},
     metrics::Metrics,
     scope::{Environment, Scope},
     tickets::TicketStore,
@@ -44,6 +44,7 @@ impl Principal {
 pub struct Authenticator {
     store: Arc<dyn KeyStore>,
     tickets: Arc<dyn TicketStore>,
+    cache: Arc<KeyCache>,
     metrics: Arc<Metrics>,
     /// When this node last wrote `last_used_at` for a key.
     touched: DashMap<KeyId, Instant>,
@@ -51,16 +52,20 @@ pub struct Authenticator {
 
 fn store_failed(e: crate::keys::StoreError) -> ApiError {
     tracing::error!(error = %e, "key store failed");
-    ApiError::internal()
+    match e {
+        crate::keys::StoreError::Unavailable(_) => ApiError::store_unavailable(),
+        _ => ApiError::internal(),
+    }
 }
 
 impl Authenticator {
     pub fn new(
         store: Arc<dyn KeyStore>,
         tickets: Arc<dyn TicketStore>,
+        cache: Arc<KeyCache>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { store, tickets, metrics, touched: DashMap::new() }
+        Self { store, tickets, cache, metrics, touched: DashMap::new() }
     }
 
     pub fn tickets(&self) -> &Arc<dyn TicketStore> {
@@ -103,12 +108,15 @@ impl Authenticator {
             credential.filter(|c| !c.is_empty()).ok_or_else(ApiError::missing_api_key)?;
         let (token, _env) = Token::parse(credential).map_err(|_| ApiError::invalid_api_key())?;
         let hash = token.hash();
-        let rec = self
-            .store
-            .by_hash(&hash)
-            .await
-            .map_err(store_failed)?
-            .ok_or_else(ApiError::invalid_api_key)?;
+        let rec = match self.cache.get(&hash) {
+            Some(rec) => rec,
+            None => {
+                let rec = self.store.by_hash(&hash).await.map_err(store_failed)?;
+                let rec = Arc::new(rec.ok_or_else(ApiError::invalid_api_key)?);
+                self.cache.put(hash, rec.clone());
+                rec
+            }
+        };
         let principal = principal_for(&rec, hash, client, OffsetDateTime::now_utc())?;
         self.touch(&rec).await;
         Ok(principal)

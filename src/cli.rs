@@ -4,7 +4,7 @@
 //! Exit codes: 0 success, 1 runtime failure, 2 invalid config or usage.
 //! Owns: flags and output formats.  May use: node, config, keys, telemetry.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::{anyhow, Context};
 use bytes::Bytes;
@@ -16,13 +16,8 @@ use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 use crate::{
     config::{Config, Flags},
     ids::{AccountId, KeyId},
-    keys::{
-        embedded::EmbeddedKeyStore,
-        service::{KeyService, NewKey},
-        KeyStore,
-    },
-    metrics::Metrics,
-    node::{read_admin_token, Node},
+    keys::service::{KeyService, NewKey},
+    node::{read_admin_token, Backends, Node},
     scope::{parse_scopes, Environment, Scope},
     shutdown, telemetry,
 };
@@ -197,15 +192,9 @@ async fn serve(config: Config) -> Result<(), Failure> {
 }
 
 async fn keys(command: KeysCommand, config: &Config) -> Result<(), Failure> {
-    if config.redis_url.is_some() {
-        return Err(usage(anyhow!("Redis mode is not available yet; run without --redis-url")));
-    }
-    let store: Arc<dyn KeyStore> = Arc::new(EmbeddedKeyStore::open(&config.data_dir)?);
-    // Offline: revocations are stored; no node is running here to close streams.
-    let hub = crate::hub::Hub::new(Arc::new(Metrics::new()), |h| {
-        Arc::new(crate::broker::memory::MemoryBroker::new(h, config.max_event_bytes))
-    });
-    let service = KeyService::new(store, hub.broker().clone());
+    // In Redis mode revocations and rotations also reach running nodes (control channel).
+    let backends = Backends::build(config)?;
+    let service = KeyService::new(backends.store, backends.hub.broker().clone());
     match command {
         KeysCommand::Create(args) => {
             let new = new_key(args).map_err(usage)?;
@@ -282,11 +271,11 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
 }
 
 async fn publish(args: PublishArgs, config: &Config) -> Result<(), Failure> {
-    if config.redis_url.is_some() {
-        return Err(usage(anyhow!("Redis mode is not available yet; run without --redis-url")));
-    }
     let data: serde_json::Value =
         serde_json::from_str(&args.data).map_err(|e| usage(anyhow!("--data is not JSON: {e}")))?;
+    if config.redis_url.is_some() {
+        return publish_to_redis(&args, &data, config).await;
+    }
     let token = match &config.admin_token {
         Some(t) => t.clone(),
         None => read_admin_token(&config.data_dir)?.ok_or_else(|| {
@@ -309,6 +298,28 @@ async fn publish(args: PublishArgs, config: &Config) -> Result<(), Failure> {
     }
     println!("{text}");
     Ok(())
+}
+
+/// Redis mode: PUBLISH the event on its channel, exactly as a backend producer would.
+async fn publish_to_redis(
+    args: &PublishArgs,
+    data: &serde_json::Value,
+    config: &Config,
+) -> Result<(), Failure> {
+    let account = AccountId::parse(&args.account).map_err(usage)?;
+    let topic: crate::scope::Topic =
+        args.channel.parse().map_err(|_| usage(anyhow!("unknown channel `{}`", args.channel)))?;
+    let channel = crate::broker::ChannelKey::new(args.env, account, topic);
+    let raw = serde_json::value::to_raw_value(data)?;
+    let (payload, id) = crate::broker::codec::encode(&args.event, None, None, &raw);
+    let backends = Backends::build(config)?;
+    backends
+        .hub
+        .broker()
+        .publish(&channel, payload)
+        .await
+        .map_err(|e| Failure(1, anyhow!("{e}")))?;
+    print_json(&serde_json::json!({"published": true, "id": id, "channel": channel.name()}))
 }
 
 /// One HTTP/1.1 POST with a bearer token; returns status and body text.

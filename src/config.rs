@@ -39,6 +39,11 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
     pub log: String,
+    /// Verified keys kept per node so repeated connections skip the store (0 = off).
+    pub key_cache_entries: usize,
+    /// How long a cached key is trusted; revocations and rotations evict it at once anyway.
+    #[serde(with = "duration")]
+    pub key_cache_ttl: Duration,
     /// How long a WebSocket ticket from `POST /v1/ws/tickets` stays valid.
     #[serde(with = "duration")]
     pub ticket_ttl: Duration,
@@ -87,6 +92,8 @@ impl Default for Config {
             admin_token: None,
             trusted_proxies: Vec::new(),
             log: "info".into(),
+            key_cache_entries: 10_000,
+            key_cache_ttl: Duration::from_secs(30),
             ticket_ttl: Duration::from_secs(60),
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
@@ -343,6 +350,6 @@ mod tests {
         assert!(
             names.contains(&"redis_url".to_owned()) && names.contains(&"auth_timeout".to_owned())
         );
-        assert_eq!(names.len(), 22);
+        assert_eq!(names.len(), 24);
     }
 }

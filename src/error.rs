@@ -254,6 +254,14 @@ impl ApiError {
             "An internal error occurred.",
         )
     }
+    pub fn store_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "api_error",
+            "store_unavailable",
+            "The key store is unavailable; retry later.",
+        )
+    }
     pub fn shutting_down() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -10,22 +10,26 @@ use tokio::net::TcpListener;
 
 use crate::{
     auth::Authenticator,
-    broker::memory::MemoryBroker,
+    broker::{memory::MemoryBroker, redis::RedisBroker},
     config::Config,
+    control,
     http::Listener,
     hub::Hub,
     ids::random_base62,
     keys::{
+        cache::KeyCache,
         embedded::EmbeddedKeyStore,
+        redis::RedisKeyStore,
         service::{Created, KeyService},
         KeyStore, StoreError,
     },
     metrics::Metrics,
     protocol::close::CloseCode,
+    redis_link::RedisLink,
     server,
     shutdown::Shutdown,
     state::AppState,
-    tickets::MemoryTickets,
+    tickets::{MemoryTickets, RedisTickets, TicketStore},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -36,8 +40,47 @@ pub enum NodeError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("admin token file {path}: {source}")]
     AdminToken { path: String, source: std::io::Error },
-    #[error("{0}")]
-    Unsupported(&'static str),
+    #[error("redis_url: {0}")]
+    Redis(String),
+}
+
+/// The backends the config selects: embedded (redb file + in-process broker) or Redis.
+pub struct Backends {
+    pub store: Arc<dyn KeyStore>,
+    pub tickets: Arc<dyn TicketStore>,
+    pub cache: Arc<KeyCache>,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Backends {
+    /// Must run inside a tokio runtime (the Redis broker starts its supervisor task).
+    pub fn build(config: &Config) -> Result<Self, NodeError> {
+        let metrics = Arc::new(Metrics::new());
+        let cache = Arc::new(KeyCache::new(config.key_cache_entries, config.key_cache_ttl));
+        let max_event_bytes = config.max_event_bytes;
+        let (store, tickets, hub): (Arc<dyn KeyStore>, Arc<dyn TicketStore>, _) = match &config
+            .redis_url
+        {
+            Some(url) => {
+                let link =
+                    Arc::new(RedisLink::new(url).map_err(|e| NodeError::Redis(e.to_string()))?);
+                let broker_link = link.clone();
+                let hub = Hub::new(metrics.clone(), cache.clone(), move |handler| {
+                    Arc::new(RedisBroker::start(broker_link, handler, max_event_bytes))
+                });
+                (Arc::new(RedisKeyStore::new(link.clone())), Arc::new(RedisTickets::new(link)), hub)
+            }
+            None => {
+                let store = Arc::new(EmbeddedKeyStore::open(&config.data_dir)?);
+                let hub = Hub::new(metrics.clone(), cache.clone(), |handler| {
+                    Arc::new(MemoryBroker::new(handler, max_event_bytes))
+                });
+                (store, Arc::new(MemoryTickets::default()), hub)
+            }
+        };
+        Ok(Self { store, tickets, cache, hub, metrics })
+    }
 }
 
 /// A built node whose listeners are bound but not yet serving.
@@ -53,20 +96,18 @@ pub struct Node {
 
 impl Node {
     pub async fn build(config: Config) -> Result<Node, NodeError> {
-        if config.redis_url.is_some() {
-            return Err(NodeError::Unsupported(
-                "Redis mode (--redis-url) is not available yet; run without it",
-            ));
-        }
         let config = Arc::new(config);
-        let metrics = Arc::new(Metrics::new());
-        let store: Arc<dyn KeyStore> = Arc::new(EmbeddedKeyStore::open(&config.data_dir)?);
-        let max_event_bytes = config.max_event_bytes;
-        let hub = Hub::new(metrics.clone(), |handler| {
-            Arc::new(MemoryBroker::new(handler, max_event_bytes))
-        });
-        let keys = KeyService::new(store.clone(), hub.broker().clone());
-        let bootstrap = keys.bootstrap().await?;
+        let b = Backends::build(&config)?;
+        let keys = KeyService::new(b.store.clone(), b.hub.broker().clone());
+        let bootstrap = match keys.bootstrap().await {
+            Ok(created) => created,
+            // Redis may be down when a node starts; it serves (not ready) and reconnects.
+            Err(StoreError::Unavailable(e)) if config.redis_url.is_some() => {
+                tracing::warn!(error = %e, "redis unavailable at start; skipped the bootstrap-key check");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
         let admin_token = admin_token(&config)?;
         let bind = |addr| {
             server::bind(addr, config.listen_backlog)
@@ -79,13 +120,15 @@ impl Node {
         };
         let public_addr = local(&public, config.listen)?;
         let admin_addr = local(&admin, config.admin_listen)?;
+        let shutdown = Shutdown::new();
+        control::spawn_revalidation(b.hub.clone(), b.store.clone(), &shutdown);
         let state = Arc::new(AppState {
-            auth: Authenticator::new(store, Arc::new(MemoryTickets::default()), metrics.clone()),
+            auth: Authenticator::new(b.store, b.tickets, b.cache, b.metrics.clone()),
             config,
-            hub,
+            hub: b.hub,
             keys,
-            metrics,
-            shutdown: Shutdown::new(),
+            metrics: b.metrics,
+            shutdown,
             admin_token,
         });
         Ok(Node { state, public, admin, public_addr, admin_addr, bootstrap })

@@ -75,6 +75,57 @@ impl TicketStore for MemoryTickets {
     }
 }
 
+/// Tickets in Redis (Redis mode): `SET mt:ticket:{hash} … PX ttl` and `GETDEL`, so a ticket
+/// minted on one node is redeemable once, on any node.
+pub struct RedisTickets {
+    link: std::sync::Arc<crate::redis_link::RedisLink>,
+}
+
+impl RedisTickets {
+    pub fn new(link: std::sync::Arc<crate::redis_link::RedisLink>) -> Self {
+        Self { link }
+    }
+}
+
+fn ticket_key(hash: &TokenHash) -> String {
+    format!("mt:ticket:{}", hash.to_hex())
+}
+
+fn redis_down(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+#[async_trait::async_trait]
+impl TicketStore for RedisTickets {
+    async fn put(&self, hash: TokenHash, rec: TicketRecord) -> Result<(), StoreError> {
+        let ttl_ms =
+            (rec.expires_at - OffsetDateTime::now_utc()).whole_milliseconds().max(1) as u64;
+        let json = serde_json::to_string(&rec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut c = self.link.conn().await.map_err(redis_down)?;
+        redis::cmd("SET")
+            .arg(ticket_key(&hash))
+            .arg(json)
+            .arg("PX")
+            .arg(ttl_ms)
+            .arg("NX")
+            .query_async::<Option<String>>(&mut c)
+            .await
+            .map_err(redis_down)?;
+        Ok(())
+    }
+
+    async fn take(&self, hash: &TokenHash) -> Result<Option<TicketRecord>, StoreError> {
+        let mut c = self.link.conn().await.map_err(redis_down)?;
+        let raw: Option<String> = redis::cmd("GETDEL")
+            .arg(ticket_key(hash))
+            .query_async(&mut c)
+            .await
+            .map_err(redis_down)?;
+        raw.map(|r| serde_json::from_str(&r).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

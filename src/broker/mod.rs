@@ -9,6 +9,7 @@
 
 pub mod codec;
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -76,4 +77,8 @@ pub trait Broker: Send + Sync + 'static {
     async fn publish_control(&self, msg: &ControlMessage) -> Result<(), BrokerError>;
     /// Answers when the broker is usable (`/readyz`).
     async fn ping(&self) -> Result<(), BrokerError>;
+    /// Whether the broker is connected right now (cheap; checked on every upgrade).
+    fn ready(&self) -> bool {
+        true
+    }
 }

@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 use crate::{
     broker::{Broker, BrokerError, ChannelKey, ControlMessage, Deliver, Delivery},
     ids::{ConnId, KeyId},
+    keys::cache::KeyCache,
     metrics::Metrics,
     outbox::{Outbox, Push},
     protocol::{close::CloseCode, filter::EventFilter},
@@ -57,13 +58,23 @@ pub struct Hub {
     sessions: DashMap<ConnId, SessionEntry>,
     /// Secrets replaced by a rotation and still inside their grace period, with its end.
     retiring: DashMap<TokenHash, time::OffsetDateTime>,
+    /// Verified keys, forgotten by the control messages handled here.
+    cache: Arc<KeyCache>,
+    /// Signalled after a broker gap (control messages may have been missed).
+    gap: tokio::sync::Notify,
+    /// When a malformed message was last logged per channel (at most once a minute).
+    malformed_logged: DashMap<String, std::time::Instant>,
     metrics: Arc<Metrics>,
 }
+
+/// How often a channel's malformed producer messages may be logged.
+const MALFORMED_LOG_EVERY: Duration = Duration::from_secs(60);
 
 impl Hub {
     /// Builds the Hub and its broker together: the broker gets a weak handle to the Hub.
     pub fn new(
         metrics: Arc<Metrics>,
+        cache: Arc<KeyCache>,
         make_broker: impl FnOnce(Weak<dyn Deliver>) -> Arc<dyn Broker>,
     ) -> Arc<Hub> {
         Arc::new_cyclic(|me: &Weak<Hub>| {
@@ -74,6 +85,9 @@ impl Hub {
                 channels: DashMap::new(),
                 sessions: DashMap::new(),
                 retiring: DashMap::new(),
+                cache,
+                gap: tokio::sync::Notify::new(),
+                malformed_logged: DashMap::new(),
                 metrics,
             }
         })
@@ -207,14 +221,45 @@ impl Hub {
 
     // === control ===
 
-    fn control(&self, msg: ControlMessage) {
+    /// Applies a control message from any node (this one included).
+    pub fn apply(&self, msg: ControlMessage) {
         match msg {
             ControlMessage::Revoke { key_id } => {
+                self.cache.invalidate(&key_id);
                 let n = self.close_key(&key_id, None, CloseCode::KeyRevoked);
                 tracing::info!(key_id = %key_id, closed = n, "key revoked");
             }
-            ControlMessage::Retire { key_id, secret, at } => self.retire(key_id, secret, at),
+            ControlMessage::Retire { key_id, secret, at } => {
+                self.cache.invalidate(&key_id);
+                self.retire(key_id, secret, at);
+            }
         }
+    }
+
+    /// The (key, secret) of every open session, for revalidation.
+    pub fn session_keys(&self) -> Vec<(KeyId, TokenHash)> {
+        self.sessions.iter().map(|s| (s.key_id.clone(), s.secret)).collect()
+    }
+
+    /// Resolves after the broker reported a gap (one signal is kept if nobody waits yet).
+    pub async fn gap_seen(&self) {
+        self.gap.notified().await;
+    }
+
+    fn log_malformed(&self, channel: &str, error: &crate::broker::DecodeError) {
+        let now = std::time::Instant::now();
+        if self
+            .malformed_logged
+            .get(channel)
+            .is_some_and(|t| now.duration_since(*t) < MALFORMED_LOG_EVERY)
+        {
+            return;
+        }
+        if self.malformed_logged.len() > 10_000 {
+            self.malformed_logged.retain(|_, t| now.duration_since(*t) < MALFORMED_LOG_EVERY);
+        }
+        self.malformed_logged.insert(channel.to_owned(), now);
+        tracing::warn!(channel = %channel, error = %error, "dropped a malformed producer message (logged once a minute per channel)");
     }
 
     /// Closes the streams of a rotated-out secret when its grace period ends.
@@ -272,11 +317,13 @@ impl Deliver for Hub {
             }
             Delivery::Malformed { channel, error } => {
                 self.metrics.events_malformed.inc();
-                tracing::debug!(channel = %channel, error = %error, "dropped malformed producer message");
+                self.log_malformed(&channel, &error);
             }
-            Delivery::Control(msg) => self.control(msg),
+            Delivery::Control(msg) => self.apply(msg),
             Delivery::Gap => {
                 self.metrics.broker_gaps.inc();
+                self.cache.clear();
+                self.gap.notify_one();
             }
         }
     }

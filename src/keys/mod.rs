@@ -4,7 +4,9 @@
 //! Never: hold a full secret (only SHA-256 hashes are stored).
 //! Invariants: a record's hash index always matches its `secrets`.
 
+pub mod cache;
 pub mod embedded;
+pub mod redis;
 pub mod service;
 
 use ipnet::IpNet;

@@ -36,6 +36,10 @@ pub struct CreateRequest {
 fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::NotFound => ApiError::resource_missing("API key"),
+        StoreError::Unavailable(e) => {
+            tracing::error!(error = %e, "key store unavailable");
+            ApiError::store_unavailable()
+        }
         other => {
             tracing::error!(error = %other, "key store failed");
             ApiError::internal()

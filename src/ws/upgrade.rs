@@ -42,6 +42,10 @@ async fn check_and_upgrade(
     if req.method() != Method::GET {
         return Err(ApiError::method_not_allowed());
     }
+    // Without the broker a new stream would receive nothing: refuse before any store lookup.
+    if !state.hub.broker().ready() {
+        return Err(ApiError::broker_unavailable());
+    }
     let query = req.uri().query();
     let (token, ticket) = (query_param(query, "token"), query_param(query, "ticket"));
     let (principal, credential) = match (token, ticket) {

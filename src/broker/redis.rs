@@ -1,0 +1,282 @@
+//! The Redis broker: every node SUBSCRIBEs exactly the channels it has local subscribers for
+//! (`mt:{env}:{account}:{topic}`) plus `mt:control`, on one pub/sub connection drained by one
+//! reader task in order; publishing goes over the shared command connection.
+//!
+//! The broker keeps the *desired* set of channels. A supervisor task (re)connects with
+//! jittered, capped exponential backoff, resubscribes the desired set, reports a `Gap`
+//! after every reconnect (Redis pub/sub is at-most-once: what was published meanwhile is
+//! lost), and pings the connection so a silent failure is noticed.
+//!
+//! Owns: the pub/sub connection, the desired set, readiness.  May use: broker, codec,
+//! redis_link.  Never: PSUBSCRIBE, a task per message.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Weak,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use rand::Rng;
+use redis::aio::PubSubSink;
+use serde::{Deserialize, Serialize};
+
+use super::{codec, Broker, BrokerError, ChannelKey, ControlMessage, Deliver, Delivery};
+use crate::{ids::random_base62, redis_link::RedisLink};
+
+/// The channel every node listens to for key revocations and rotations.
+pub const CONTROL_CHANNEL: &str = "mt:control";
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(5);
+const HEALTH_EVERY: Duration = Duration::from_secs(5);
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A control message on the wire, tagged with its sender so a node skips its own.
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    node: String,
+    msg: ControlMessage,
+}
+
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    link: Arc<RedisLink>,
+    handler: Weak<dyn Deliver>,
+    node: String,
+    max_event_bytes: usize,
+    desired: Mutex<HashSet<String>>,
+    /// The live connection's subscribe handle; `None` while disconnected.
+    sink: Mutex<Option<PubSubSink>>,
+    ready: AtomicBool,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}
+
+impl RedisBroker {
+    /// Starts the supervisor task; the broker becomes ready once Redis answers.
+    pub fn start(link: Arc<RedisLink>, handler: Weak<dyn Deliver>, max_event_bytes: usize) -> Self {
+        let inner = Arc::new(Inner {
+            link,
+            handler,
+            node: random_base62(12),
+            max_event_bytes,
+            desired: Mutex::new(HashSet::new()),
+            sink: Mutex::new(None),
+            ready: AtomicBool::new(false),
+        });
+        tokio::spawn(supervise(Arc::downgrade(&inner)));
+        Self { inner }
+    }
+}
+
+impl Inner {
+    fn deliver(&self, d: Delivery) {
+        if let Some(h) = self.handler.upgrade() {
+            h.deliver(d);
+        }
+    }
+
+    /// One message from the subscription, in arrival order.
+    fn on_message(&self, channel: &str, payload: &[u8]) {
+        if channel == CONTROL_CHANNEL {
+            match serde_json::from_slice::<Envelope>(payload) {
+                Ok(env) if env.node == self.node => {} // applied locally when published
+                Ok(env) => self.deliver(Delivery::Control(env.msg)),
+                Err(e) => tracing::warn!(error = %e, "ignoring a malformed control message"),
+            }
+            return;
+        }
+        let Some(key) = ChannelKey::parse(channel) else { return };
+        match codec::decode(key.topic, payload, self.max_event_bytes) {
+            Ok(event) => self.deliver(Delivery::Event { channel: key, event }),
+            Err(error) => self.deliver(Delivery::Malformed { channel: channel.to_owned(), error }),
+        }
+    }
+}
+
+/// Connect, subscribe, read until the connection fails, back off, repeat — until the node
+/// (the handler) is gone.
+async fn supervise(weak: Weak<Inner>) {
+    let mut failures: u32 = 0;
+    let mut connected_before = false;
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        if inner.handler.strong_count() == 0 {
+            return;
+        }
+        match connect(&inner).await {
+            Ok(stream) => {
+                failures = 0;
+                inner.ready.store(true, Ordering::SeqCst);
+                if connected_before {
+                    tracing::info!(
+                        "reconnected to redis; events published during the outage were lost"
+                    );
+                    inner.deliver(Delivery::Gap);
+                } else {
+                    tracing::info!("connected to redis");
+                }
+                connected_before = true;
+                read(&inner, stream).await;
+                inner.ready.store(false, Ordering::SeqCst);
+                *inner.sink.lock() = None;
+                tracing::warn!("lost the redis subscription connection; reconnecting");
+            }
+            Err(e) => {
+                if failures == 0 {
+                    tracing::warn!(error = %e, "cannot reach redis; retrying with backoff");
+                }
+                failures = failures.saturating_add(1);
+            }
+        }
+        drop(inner);
+        tokio::time::sleep(backoff(failures)).await;
+    }
+}
+
+/// Full-jitter exponential backoff: a random delay in [d/2, d], d = min(cap, base·2^n).
+fn backoff(failures: u32) -> Duration {
+    if failures == 0 {
+        return BACKOFF_BASE;
+    }
+    let d = BACKOFF_BASE.saturating_mul(1u32 << failures.min(16)).min(BACKOFF_CAP);
+    let half = d / 2;
+    half + half.mul_f64(rand::rng().random::<f64>())
+}
+
+async fn connect(inner: &Inner) -> Result<redis::aio::PubSubStream, BrokerError> {
+    let client = inner.link.client().clone();
+    let pubsub = tokio::time::timeout(COMMAND_TIMEOUT, client.get_async_pubsub())
+        .await
+        .map_err(unavailable)?
+        .map_err(unavailable)?;
+    let (mut sink, stream) = pubsub.split();
+    tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(CONTROL_CHANNEL))
+        .await
+        .map_err(unavailable)?
+        .map_err(unavailable)?;
+    // Install the sink first, then snapshot: a concurrent `subscribe` either sees the sink
+    // (and subscribes itself) or lands in the snapshot.
+    *inner.sink.lock() = Some(sink.clone());
+    let wanted: Vec<String> = inner.desired.lock().iter().cloned().collect();
+    for chunk in wanted.chunks(256) {
+        tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(chunk))
+            .await
+            .map_err(unavailable)?
+            .map_err(unavailable)?;
+    }
+    Ok(stream)
+}
+
+/// Drains the subscription in order, pinging it when quiet, until it fails.
+async fn read(inner: &Inner, mut stream: redis::aio::PubSubStream) {
+    let mut health = tokio::time::interval(HEALTH_EVERY);
+    health.tick().await;
+    loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(msg) => inner.on_message(msg.get_channel_name(), msg.get_payload_bytes()),
+                None => return,
+            },
+            _ = health.tick() => {
+                let Some(mut sink) = inner.sink.lock().clone() else { return };
+                let pong = tokio::time::timeout(COMMAND_TIMEOUT, sink.ping::<redis::Value>()).await;
+                if !matches!(pong, Ok(Ok(_))) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Broker for RedisBroker {
+    async fn subscribe(&self, channel: &ChannelKey) -> Result<(), BrokerError> {
+        let name = channel.name();
+        self.inner.desired.lock().insert(name.clone());
+        // Disconnected: the supervisor subscribes the desired set when it reconnects.
+        let Some(mut sink) = self.inner.sink.lock().clone() else { return Ok(()) };
+        match tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(&name)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(e) => Err(unavailable(e)),
+        }
+        .inspect_err(|_| {
+            self.inner.desired.lock().remove(&name);
+        })
+    }
+
+    async fn unsubscribe(&self, channel: &ChannelKey) -> Result<(), BrokerError> {
+        let name = channel.name();
+        self.inner.desired.lock().remove(&name);
+        let Some(mut sink) = self.inner.sink.lock().clone() else { return Ok(()) };
+        tokio::time::timeout(COMMAND_TIMEOUT, sink.unsubscribe(&name))
+            .await
+            .map_err(unavailable)?
+            .map_err(unavailable)
+    }
+
+    async fn publish(&self, channel: &ChannelKey, event_json: Bytes) -> Result<(), BrokerError> {
+        let mut conn = self.inner.link.conn().await.map_err(unavailable)?;
+        redis::cmd("PUBLISH")
+            .arg(channel.name())
+            .arg(event_json.as_ref())
+            .query_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn publish_control(&self, msg: &ControlMessage) -> Result<(), BrokerError> {
+        // Apply here first, so this node acts even if Redis is down.
+        self.inner.deliver(Delivery::Control(msg.clone()));
+        let payload =
+            serde_json::to_vec(&Envelope { node: self.inner.node.clone(), msg: msg.clone() })
+                .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        let mut conn = self.inner.link.conn().await.map_err(unavailable)?;
+        redis::cmd("PUBLISH")
+            .arg(CONTROL_CHANNEL)
+            .arg(payload)
+            .query_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn ping(&self) -> Result<(), BrokerError> {
+        if !self.ready() {
+            return Err(BrokerError::Unavailable("not connected to redis".into()));
+        }
+        let mut conn = self.inner.link.conn().await.map_err(unavailable)?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await.map(|_| ()).map_err(unavailable)
+    }
+
+    fn ready(&self) -> bool {
+        self.inner.ready.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        for n in 1..30 {
+            let d = backoff(n);
+            let full = BACKOFF_BASE.saturating_mul(1u32 << n.min(16)).min(BACKOFF_CAP);
+            assert!(d >= full / 2 && d <= full, "{n}: {d:?}");
+        }
+        assert!(backoff(40) <= BACKOFF_CAP);
+    }
+}
