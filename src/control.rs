@@ -2,7 +2,8 @@
 //! (a `Gap`), every open session's key is checked against the store again, so a revocation or
 //! rotation published during the outage still closes its streams here.
 //!
-//! Owns: the revalidation pass.  May use: hub, keys (store), auth.  Never: block the Hub.
+//! Owns: the revalidation pass.  May use: hub, keys (store).  Never: block the Hub; close a
+//! stream because its record is missing (data loss is not revocation).
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -42,12 +43,13 @@ pub async fn revalidate(hub: &Hub, store: &dyn KeyStore) {
                 return;
             }
         };
-        let Some(rec) =
-            rec.filter(|r| r.revoked_at.is_none() && r.expires_at.is_none_or(|t| t > now))
-        else {
+        // Only positive evidence closes a stream: a record that vanished (a Redis restarted
+        // without persistence) says nothing about revocation.
+        let Some(rec) = rec else { continue };
+        if rec.revoked_at.is_some() || rec.expires_at.is_some_and(|t| t <= now) {
             hub.close_key(&key_id, None, CloseCode::KeyRevoked);
             continue;
-        };
+        }
         for secret in secrets {
             match rec.secrets.iter().find(|s| s.hash == secret) {
                 None => {

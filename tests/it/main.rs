@@ -1,6 +1,9 @@
 //! The integration suite: one test binary (links once) whose modules start real servers on
 //! 127.0.0.1 port 0 and talk to them with real HTTP and WebSocket clients.
 
+/// Read by `support::server`: nodes run embedded (see `tests/it_redis` for Redis mode).
+pub const REDIS_MODE: bool = false;
+
 mod support;
 
 mod api_keys;
@@ -10,6 +13,7 @@ mod http_admin;
 mod ip_allowlist;
 mod key_lifecycle;
 mod key_store;
+mod redis_mode;
 mod tickets;
 mod ws_auth;
 mod ws_heartbeat;

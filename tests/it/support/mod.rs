@@ -7,8 +7,10 @@
 pub mod bin;
 pub mod http;
 pub mod raw;
+pub mod redis;
 pub mod server;
 pub mod ws;
 
+pub use redis::RedisServer;
 pub use server::TestServer;
 pub use ws::WsClient;

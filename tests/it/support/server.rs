@@ -20,11 +20,14 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
     pub admin_addr: std::net::SocketAddr,
-    /// The bootstrap key: acct_local, test, every scope.
+    /// The bootstrap key (acct_local, test, every scope); empty when the store already had
+    /// keys (a second node on a shared Redis).
     pub bootstrap: String,
     pub state: Arc<AppState>,
     task: Option<JoinHandle<()>>,
     _dir: TempDir,
+    /// The private Redis of a node started by `with` in Redis mode (dropped last).
+    _redis: Option<super::RedisServer>,
 }
 
 impl TestServer {
@@ -44,18 +47,47 @@ impl TestServer {
             close_timeout: std::time::Duration::from_secs(1),
             ..Config::default()
         };
+        let redis = if crate::REDIS_MODE && cfg.redis_url.is_none() {
+            let r = super::RedisServer::start().await;
+            cfg.redis_url = Some(r.url());
+            Some(r)
+        } else {
+            None
+        };
         f(&mut cfg);
+        let redis_mode = cfg.redis_url.is_some();
         let node = Node::build(cfg).await.expect("node builds");
-        let bootstrap = node
-            .bootstrap
-            .as_ref()
-            .expect("bootstrap key on an empty store")
-            .token
-            .expose()
-            .to_owned();
+        let bootstrap =
+            node.bootstrap.as_ref().map(|b| b.token.expose().to_owned()).unwrap_or_default();
         let (addr, admin_addr, state) = (node.public_addr, node.admin_addr, node.state().clone());
         let task = tokio::spawn(node.run(std::future::pending()));
-        Self { addr, admin_addr, bootstrap, state, task: Some(task), _dir: dir }
+        let s =
+            Self { addr, admin_addr, bootstrap, state, task: Some(task), _dir: dir, _redis: redis };
+        if redis_mode {
+            s.wait_ready(200).await;
+        }
+        s
+    }
+
+    /// A node in Redis mode on `redis`, ready (its `/readyz` answered 200).
+    pub async fn on_redis(redis: &super::RedisServer, f: impl FnOnce(&mut Config)) -> Self {
+        let url = redis.url();
+        Self::with(|c| {
+            c.redis_url = Some(url);
+            f(c)
+        })
+        .await
+    }
+
+    /// Polls `/readyz` (as a load balancer would) until it answers `status`, for up to 10 s.
+    pub async fn wait_ready(&self, status: u16) {
+        for _ in 0..500 {
+            if self.http().await.get("/readyz", None).await.status == status {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("/readyz never answered {status}");
     }
 
     /// Stops the node (1001 to every socket) and re-raises a panic of its task.

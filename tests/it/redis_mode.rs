@@ -1,0 +1,300 @@
+//! Redis mode (issue 4): several nodes on one private redis-server behave as one service.
+
+use std::time::{Duration, Instant};
+
+use miteos_stream::{
+    keys::redis::RedisKeyStore,
+    redis_link::RedisLink,
+    scope::{Environment, Scope},
+};
+use serde_json::json;
+
+use crate::support::{RedisServer, TestServer, WsClient};
+
+fn event(name: &str, n: i64) -> String {
+    json!({"event": name, "data": {"n": n}}).to_string()
+}
+
+#[tokio::test]
+async fn key_store_conforms_on_redis() {
+    let redis = RedisServer::start().await;
+    let link = std::sync::Arc::new(RedisLink::new(&redis.url()).unwrap());
+    crate::key_store::conformance(std::sync::Arc::new(RedisKeyStore::new(link))).await;
+}
+
+#[tokio::test]
+async fn one_publish_reaches_subscribers_on_both_nodes_exactly_once() {
+    let redis = RedisServer::start().await;
+    let a = TestServer::on_redis(&redis, |_| {}).await;
+    let b = TestServer::on_redis(&redis, |_| {}).await;
+    assert!(
+        !a.bootstrap.is_empty() && b.bootstrap.is_empty(),
+        "one bootstrap key per shared store"
+    );
+    let (token, _) = a.key("acct_r", Environment::Live, &[Scope::TasksRead]).await;
+    let (mut on_a, _) = WsClient::authed(&a.ws_url(&token), &token).await;
+    let (mut on_b, _) = WsClient::authed(&b.ws_url(&token), &token).await;
+
+    // A producer publishes once with plain PUBLISH; exactly one Redis subscriber per node.
+    assert_eq!(redis.publish("mt:live:acct_r:tasks", &event("task.one", 1)).await, 2);
+    // And once through node A's admin endpoint.
+    let mut admin = a.admin().await;
+    a.publish(&mut admin, "acct_r", "live", "tasks", "task.two", json!({})).await;
+    for c in [&mut on_a, &mut on_b] {
+        assert_eq!(c.recv().await["event"], "task.one");
+        assert_eq!(c.recv().await["event"], "task.two", "no duplicate of the first event");
+    }
+    assert_eq!(a.metric("miteos_deliveries_total") + b.metric("miteos_deliveries_total"), 4.0);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn revocation_on_one_node_closes_streams_on_the_other_within_a_second() {
+    let redis = RedisServer::start().await;
+    let a = TestServer::on_redis(&redis, |_| {}).await;
+    let b = TestServer::on_redis(&redis, |_| {}).await;
+    let (token, id) =
+        a.key("acct_r", Environment::Test, &[Scope::TasksRead, Scope::TeamsWrite]).await;
+    let (mut on_b, _) = WsClient::authed(&b.ws_url(&token), &token).await;
+    // B has the key in its cache now; revocation must evict it there too.
+    let started = Instant::now();
+    let req = hyper::Request::delete(format!("/v1/api-keys/{id}"))
+        .header("host", "x")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Default::default())
+        .unwrap();
+    assert_eq!(a.http().await.send(req).await.status, 200);
+    assert_eq!(on_b.expect_close().await, 4003);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "closed on the other node after {took:?}");
+    let refused = WsClient::try_connect(&b.ws_url(&token)).await.err().expect("refused on B too");
+    assert_eq!(refused.body["error"]["code"], "revoked_api_key");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_ticket_minted_on_one_node_works_once_on_another() {
+    let redis = RedisServer::start().await;
+    let a = TestServer::on_redis(&redis, |_| {}).await;
+    let b = TestServer::on_redis(&redis, |_| {}).await;
+    let (token, _) = a.key("acct_r", Environment::Live, &[Scope::AgentsRead]).await;
+    let r = a.http().await.post_json("/v1/ws/tickets", Some(&token), "").await;
+    assert_eq!(r.status, 201);
+    let ticket = r.json()["ticket"].as_str().unwrap().to_owned();
+    let url = |s: &TestServer| format!("ws://{}/v1/ws?ticket={ticket}", s.addr);
+    let mut c = WsClient::connect(&url(&b)).await;
+    c.send(json!({"type": "auth", "ticket": ticket})).await;
+    assert_eq!(c.recv().await["channels"], json!(["agents"]));
+    for node in [&a, &b] {
+        let reused =
+            WsClient::try_connect(&url(node)).await.err().expect("single use across nodes");
+        assert_eq!(reused.status, 401);
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_producer_messages_are_dropped_and_the_next_valid_one_arrives() {
+    let redis = RedisServer::start().await;
+    let s = TestServer::on_redis(&redis, |c| c.max_event_bytes = 1024).await;
+    let (token, _) = s.key("acct_r", Environment::Live, &[Scope::TasksRead]).await;
+    let (mut c, _) = WsClient::authed(&s.ws_url(&token), &token).await;
+    let channel = "mt:live:acct_r:tasks";
+    for bad in [
+        "not json",
+        "{\"data\":{}}",
+        "{\"event\":42}",
+        "[]",
+        &format!("{{\"event\":\"big\",\"data\":\"{}\"}}", "x".repeat(2000)),
+    ] {
+        redis.publish(channel, bad).await;
+    }
+    redis.publish(channel, &event("task.good", 7)).await;
+    let e = c.recv().await;
+    assert_eq!((e["event"].as_str(), e["data"]["n"].as_i64()), (Some("task.good"), Some(7)));
+    assert!(e["id"].as_str().unwrap().starts_with("evt_"), "id filled in");
+    assert_eq!(s.metric("miteos_events_malformed_total"), 5.0);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_redis_crash_keeps_clients_connected_and_streams_resume_after_restart() {
+    let mut redis = RedisServer::start().await;
+    let s = TestServer::on_redis(&redis, |_| {}).await;
+    let (token, _) = s.key("acct_r", Environment::Live, &[Scope::TasksRead]).await;
+    let (mut c, _) = WsClient::authed(&s.ws_url(&token), &token).await;
+
+    redis.kill();
+    s.wait_ready(503).await;
+    let r = s.http().await.get("/readyz", None).await.json();
+    assert!(r["reason"].as_str().unwrap().contains("unavailable"), "{r}");
+    // The client is still connected and served.
+    c.send(json!({"type": "ping"})).await;
+    assert_eq!(c.recv().await["type"], "pong");
+    // New streams are refused while the broker is down.
+    let refused = WsClient::try_connect(&s.ws_url(&token)).await.err().expect("refused");
+    assert_eq!(
+        (refused.status, refused.body["error"]["code"].as_str()),
+        (503, Some("broker_unavailable"))
+    );
+
+    redis.restart().await;
+    s.wait_ready(200).await;
+    // The key store was in the crashed (non-persistent) Redis: the open stream keeps going,
+    // and an event published after the restart reaches it within 5 s.
+    let published = Instant::now();
+    assert_eq!(
+        redis.publish("mt:live:acct_r:tasks", &event("task.after", 1)).await,
+        1,
+        "resubscribed"
+    );
+    let e = tokio::time::timeout(Duration::from_secs(5), c.recv()).await.expect("event within 5 s");
+    assert_eq!(e["event"], "task.after");
+    assert!(published.elapsed() < Duration::from_secs(5));
+    assert_eq!(s.metric("miteos_broker_gaps_total"), 1.0);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_hundred_clients_leave_no_redis_subscription_behind() {
+    let redis = RedisServer::start().await;
+    let s = TestServer::on_redis(&redis, |_| {}).await;
+    let mut clients = Vec::new();
+    for i in 0..200 {
+        let (token, _) = s
+            .key(
+                &format!("acct_{}", i % 50),
+                Environment::Live,
+                &[Scope::TasksRead, Scope::AgentsRead],
+            )
+            .await;
+        clients.push(WsClient::authed(&s.ws_url(&token), &token).await.0);
+    }
+    assert_eq!(
+        redis.channels("mt:live:*").await.len(),
+        100,
+        "one SUBSCRIBE per channel, not per client"
+    );
+    assert_eq!(redis.channels("mt:control").await, vec!["mt:control".to_owned()]);
+    // Half the clients unsubscribe explicitly, the rest just disconnect.
+    for (i, mut c) in clients.into_iter().enumerate() {
+        if i % 2 == 0 {
+            c.send(json!({"type": "unsubscribe", "channels": ["tasks", "agents"]})).await;
+            assert_eq!(c.recv().await["type"], "unsubscribed");
+        }
+    }
+    // The node unsubscribes ~1 s after the last local subscriber left (a timer, not an
+    // event): poll PUBSUB CHANNELS for up to 10 s.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !redis.channels("mt:live:*").await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "stale subscriptions: {:?}",
+            redis.channels("mt:live:*").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(s.state.hub.channel_count(), 0);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_revocation_missed_during_a_broker_gap_is_applied_after_reconnecting() {
+    use miteos_stream::keys::KeyStore;
+    let redis = RedisServer::start().await;
+    let s = TestServer::on_redis(&redis, |_| {}).await;
+    let (token, id) = s.key("acct_g", Environment::Live, &[Scope::TasksRead]).await;
+    let (mut c, _) = WsClient::authed(&s.ws_url(&token), &token).await;
+    // Revoke in the store only, as if the control message had been lost.
+    let store = RedisKeyStore::new(std::sync::Arc::new(RedisLink::new(&redis.url()).unwrap()));
+    let id = miteos_stream::ids::KeyId::from_string(id);
+    let mut rec = store.get(&id).await.unwrap().unwrap();
+    rec.revoked_at = Some(time::OffsetDateTime::now_utc());
+    store.update(&rec).await.unwrap();
+    c.send(json!({"type": "ping"})).await;
+    assert_eq!(c.recv().await["type"], "pong", "nothing told the node yet");
+    // Drop the node's subscription connection: it reconnects, counts a gap, revalidates.
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut redis.conn().await)
+        .await
+        .unwrap();
+    assert!(killed >= 1);
+    assert_eq!(c.expect_close().await, 4003);
+    assert_eq!(s.metric("miteos_broker_gaps_total"), 1.0);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_binary_in_redis_mode_cli_publish_and_cluster_wide_cli_revocation() {
+    use crate::support::bin::{run, Served};
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let dir = tempfile::tempdir().unwrap();
+    let mut served = Served::start(dir.path(), &[("MITEOS_REDIS_URL", url.as_str())]).await;
+    let other_dir = tempfile::tempdir().unwrap(); // the CLI needs no data dir of the server's
+    let (code, out, err) = run(
+        other_dir.path(),
+        &[
+            "--redis-url",
+            &url,
+            "keys",
+            "create",
+            "--account",
+            "acct_b",
+            "--env",
+            "live",
+            "--name",
+            "n",
+            "--scopes",
+            "tasks.read",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (token, id) =
+        (created["key"].as_str().unwrap().to_owned(), created["id"].as_str().unwrap().to_owned());
+    // Wait until the node has connected to Redis (a readiness probe).
+    let mut http = crate::support::http::HttpClient::connect(served.addr).await;
+    for _ in 0..500 {
+        if http.get("/readyz", None).await.status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut c, _) =
+        WsClient::authed(&format!("ws://{}/v1/ws?token={token}", served.addr), &token).await;
+    let (code, _, err) = run(
+        other_dir.path(),
+        &[
+            "--redis-url",
+            &url,
+            "publish",
+            "--account",
+            "acct_b",
+            "--env",
+            "live",
+            "--channel",
+            "tasks",
+            "--event",
+            "task.cli",
+            "--data",
+            "{}",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(c.recv().await["event"], "task.cli");
+    let (code, _, err) = run(other_dir.path(), &["--redis-url", &url, "keys", "revoke", &id]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(c.expect_close().await, 4003, "a CLI revocation reaches the running node");
+    served.signal_term();
+    assert_eq!(served.wait().await, 0);
+    assert!(!served.output().contains(&token));
+}

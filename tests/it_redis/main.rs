@@ -1,0 +1,27 @@
+//! The WebSocket and key-API suites of `tests/it` again, with every `TestServer` in Redis
+//! mode on its own private redis-server: one behaviour, two backends.
+
+/// Read by `support::server`: start each node on a private Redis.
+pub const REDIS_MODE: bool = true;
+
+#[path = "../it/support/mod.rs"]
+mod support;
+
+#[path = "../it/api_keys.rs"]
+mod api_keys;
+#[path = "../it/http_admin.rs"]
+mod http_admin;
+#[path = "../it/ip_allowlist.rs"]
+mod ip_allowlist;
+#[path = "../it/key_lifecycle.rs"]
+mod key_lifecycle;
+#[path = "../it/tickets.rs"]
+mod tickets;
+#[path = "../it/ws_auth.rs"]
+mod ws_auth;
+#[path = "../it/ws_heartbeat.rs"]
+mod ws_heartbeat;
+#[path = "../it/ws_slow_consumer.rs"]
+mod ws_slow_consumer;
+#[path = "../it/ws_stream.rs"]
+mod ws_stream;
