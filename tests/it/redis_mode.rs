@@ -262,12 +262,15 @@ async fn the_binary_in_redis_mode_cli_publish_and_cluster_wide_cli_revocation() 
         (created["key"].as_str().unwrap().to_owned(), created["id"].as_str().unwrap().to_owned());
     // Wait until the node has connected to Redis (a readiness probe).
     let mut http = crate::support::http::HttpClient::connect(served.addr).await;
+    let mut ready = false;
     for _ in 0..500 {
         if http.get("/readyz", None).await.status == 200 {
+            ready = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(ready, "the node never became ready:\n{}", served.output());
     let (mut c, _) =
         WsClient::authed(&format!("ws://{}/v1/ws?token={token}", served.addr), &token).await;
     let (code, _, err) = run(

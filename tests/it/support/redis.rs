@@ -56,8 +56,13 @@ impl RedisServer {
                 return false; // exited: port taken
             }
             if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                if redis::cmd("PING").query_async::<String>(&mut c).await.is_ok() {
-                    return true;
+                // Make sure it is *our* process answering, not another test's redis-server
+                // that won a race for the same port.
+                if let Ok(info) =
+                    redis::cmd("INFO").arg("server").query_async::<String>(&mut c).await
+                {
+                    let pid = self.child.as_ref().map(|c| c.id()).unwrap_or_default();
+                    return info.lines().any(|l| l.trim() == format!("process_id:{pid}"));
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
