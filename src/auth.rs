@@ -14,6 +14,7 @@ use crate::{
     ids::{AccountId, KeyId},
     keys::{cache::KeyCache, KeyRecord, KeyStore},
     metrics::Metrics,
+    rate_limit::Limits,
     scope::{Environment, Scope},
     tickets::TicketStore,
     token::{Token, TokenHash, TokenKind},
@@ -45,6 +46,7 @@ pub struct Authenticator {
     store: Arc<dyn KeyStore>,
     tickets: Arc<dyn TicketStore>,
     cache: Arc<KeyCache>,
+    limits: Arc<Limits>,
     metrics: Arc<Metrics>,
     /// When this node last wrote `last_used_at` for a key.
     touched: DashMap<KeyId, Instant>,
@@ -63,9 +65,10 @@ impl Authenticator {
         store: Arc<dyn KeyStore>,
         tickets: Arc<dyn TicketStore>,
         cache: Arc<KeyCache>,
+        limits: Arc<Limits>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { store, tickets, cache, metrics, touched: DashMap::new() }
+        Self { store, tickets, cache, limits, metrics, touched: DashMap::new() }
     }
 
     pub fn tickets(&self) -> &Arc<dyn TicketStore> {
@@ -78,8 +81,9 @@ impl Authenticator {
         credential: Option<&str>,
         client: IpAddr,
     ) -> Result<Principal, ApiError> {
+        self.limits.check_ip(client, &self.metrics)?;
         let result = self.check_key(credential, client).await;
-        self.count(result)
+        self.count(result, client)
     }
 
     /// Redeems a single-use ticket presented from `client` (it is gone afterwards).
@@ -88,13 +92,22 @@ impl Authenticator {
         ticket: &str,
         client: IpAddr,
     ) -> Result<Principal, ApiError> {
+        self.limits.check_ip(client, &self.metrics)?;
         let result = self.check_ticket(ticket, client).await;
-        self.count(result)
+        self.count(result, client)
     }
 
-    fn count(&self, result: Result<Principal, ApiError>) -> Result<Principal, ApiError> {
+    /// Counts a failure by code; authentication failures also spend the client's budget.
+    fn count(
+        &self,
+        result: Result<Principal, ApiError>,
+        client: IpAddr,
+    ) -> Result<Principal, ApiError> {
         if let Err(e) = &result {
             self.metrics.auth_failure(e.code);
+            if e.status == hyper::StatusCode::UNAUTHORIZED || e.code == "ip_not_allowed" {
+                self.limits.auth_failed(client);
+            }
         }
         result
     }

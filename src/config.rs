@@ -75,6 +75,26 @@ pub struct Config {
     pub max_event_bytes: usize,
     /// Frames queued per connection before it counts as a slow consumer (close 4009).
     pub outbox_capacity: usize,
+    /// Failed authentications (any 401, or a refused IP) per client IP per minute; past it
+    /// the IP gets 429 until the budget refills. 0 = no limit.
+    pub auth_failures_per_minute: u32,
+    /// New WebSocket connections per key per second (429 past it). 0 = no limit.
+    pub new_connections_per_key_per_second: u32,
+    /// Open WebSocket connections per key (429 before the upgrade, 4029 on a race). 0 = no limit.
+    pub max_connections_per_key: usize,
+    /// Open WebSocket connections per account, across keys. 0 = no limit.
+    pub max_connections_per_account: usize,
+    /// Client messages per second per connection, sustained (past it: close 4008). 0 = no limit.
+    pub client_messages_per_second: u32,
+    /// Client messages a connection may send in a burst above the sustained rate.
+    pub client_message_burst: u32,
+    /// Open TCP connections per node (HTTP and WebSocket); past it new ones get 503. 0 = no limit.
+    pub max_connections: usize,
+    /// Upgraded sockets that have not sent their auth message yet (503 past it).
+    pub max_unauthenticated: usize,
+    /// Allowed `Origin` values for WebSocket upgrades (exact match); empty = any. Requests
+    /// without an `Origin` (non-browser clients) are always allowed.
+    pub allowed_origins: Vec<String>,
     /// WebSocket read buffer per connection in bytes (tungstenite allocates it up front).
     pub ws_read_buffer_bytes: usize,
     /// Bytes of frames a connection's writer gathers before a `write()` (coalescing).
@@ -106,6 +126,15 @@ impl Default for Config {
             max_message_bytes: 4 * 1024,
             max_event_bytes: 64 * 1024,
             outbox_capacity: 1024,
+            auth_failures_per_minute: 30,
+            new_connections_per_key_per_second: 50,
+            max_connections_per_key: 1000,
+            max_connections_per_account: 10_000,
+            client_messages_per_second: 10,
+            client_message_burst: 50,
+            max_connections: 19_000,
+            max_unauthenticated: 1000,
+            allowed_origins: Vec::new(),
             ws_read_buffer_bytes: 1024,
             ws_write_buffer_bytes: 16 * 1024,
         }
@@ -206,6 +235,7 @@ impl Config {
             ("outbox_capacity", self.outbox_capacity, 1),
             ("ws_read_buffer_bytes", self.ws_read_buffer_bytes, 64),
             ("listen_backlog", self.listen_backlog as usize, 1),
+            ("max_unauthenticated", self.max_unauthenticated, 1),
         ];
         for (name, v, min) in at_least {
             if v < min {
@@ -350,6 +380,6 @@ mod tests {
         assert!(
             names.contains(&"redis_url".to_owned()) && names.contains(&"auth_timeout".to_owned())
         );
-        assert_eq!(names.len(), 24);
+        assert_eq!(names.len(), 33);
     }
 }

@@ -226,6 +226,15 @@ impl ApiError {
             "Request body must be `Content-Type: application/json`.",
         )
     }
+    pub fn unsupported_websocket_version() -> Self {
+        Self::new(
+            StatusCode::UPGRADE_REQUIRED,
+            INVALID_REQUEST,
+            "unsupported_websocket_version",
+            "Only WebSocket version 13 is supported (`Sec-WebSocket-Version: 13`).",
+        )
+        .with_param("Sec-WebSocket-Version")
+    }
     pub fn upgrade_required() -> Self {
         Self::new(
             StatusCode::UPGRADE_REQUIRED,
@@ -260,6 +269,24 @@ impl ApiError {
             "api_error",
             "store_unavailable",
             "The key store is unavailable; retry later.",
+        )
+    }
+    pub fn overloaded() -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "api_error",
+            "overloaded",
+            "This node has too many open connections; retry later or elsewhere.",
+        );
+        e.retry_after_secs = Some(1);
+        e
+    }
+    pub fn origin_not_allowed() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            PERMISSION,
+            "origin_not_allowed",
+            "This Origin may not open WebSocket connections.",
         )
     }
     pub fn shutting_down() -> Self {
@@ -319,7 +346,7 @@ impl ApiError {
             b = b.header(header::RETRY_AFTER, secs.to_string());
         }
         if self.status == StatusCode::UPGRADE_REQUIRED {
-            b = b.header(header::UPGRADE, "websocket");
+            b = b.header(header::UPGRADE, "websocket").header(header::SEC_WEBSOCKET_VERSION, "13");
         }
         let body = Full::new(Bytes::from(self.body()));
         b.body(body.clone()).unwrap_or_else(|_| Response::new(body))

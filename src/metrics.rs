@@ -22,6 +22,11 @@ pub struct SecretLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    pub limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CloseLabel {
     pub code: u16,
 }
@@ -40,6 +45,7 @@ pub struct Metrics {
     pub deliveries: Counter,
     pub slow_consumer_closes: Counter,
     pub broker_gaps: Counter,
+    pub rate_limited: Family<LimitLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -63,6 +69,7 @@ impl Metrics {
             deliveries: Counter::default(),
             slow_consumer_closes: Counter::default(),
             broker_gaps: Counter::default(),
+            rate_limited: Family::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -120,7 +127,16 @@ impl Metrics {
             "Broker reconnects; events published meanwhile were lost",
             m.broker_gaps.clone(),
         );
+        r.register(
+            "rate_limited",
+            "Requests and connections refused by a limit",
+            m.rate_limited.clone(),
+        );
         m
+    }
+
+    pub fn rate_limited(&self, limit: &'static str) {
+        self.rate_limited.get_or_create(&LimitLabel { limit }).inc();
     }
 
     pub fn auth_failure(&self, code: &'static str) {

@@ -6,7 +6,7 @@
 
 use std::{future::Future, io::Write, net::SocketAddr, path::Path, sync::Arc};
 
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 
 use crate::{
     auth::Authenticator,
@@ -25,9 +25,11 @@ use crate::{
     },
     metrics::Metrics,
     protocol::close::CloseCode,
+    rate_limit::Limits,
     redis_link::RedisLink,
     server,
     shutdown::Shutdown,
+    slots::{MemorySlots, RedisSlots, SlotStore},
     state::AppState,
     tickets::{MemoryTickets, RedisTickets, TicketStore},
 };
@@ -49,6 +51,7 @@ pub struct Backends {
     pub store: Arc<dyn KeyStore>,
     pub tickets: Arc<dyn TicketStore>,
     pub cache: Arc<KeyCache>,
+    pub slots: Arc<dyn SlotStore>,
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
 }
@@ -59,27 +62,32 @@ impl Backends {
         let metrics = Arc::new(Metrics::new());
         let cache = Arc::new(KeyCache::new(config.key_cache_entries, config.key_cache_ttl));
         let max_event_bytes = config.max_event_bytes;
-        let (store, tickets, hub): (Arc<dyn KeyStore>, Arc<dyn TicketStore>, _) = match &config
-            .redis_url
-        {
-            Some(url) => {
-                let link =
-                    Arc::new(RedisLink::new(url).map_err(|e| NodeError::Redis(e.to_string()))?);
-                let broker_link = link.clone();
-                let hub = Hub::new(metrics.clone(), cache.clone(), move |handler| {
-                    Arc::new(RedisBroker::start(broker_link, handler, max_event_bytes))
-                });
-                (Arc::new(RedisKeyStore::new(link.clone())), Arc::new(RedisTickets::new(link)), hub)
-            }
-            None => {
-                let store = Arc::new(EmbeddedKeyStore::open(&config.data_dir)?);
-                let hub = Hub::new(metrics.clone(), cache.clone(), |handler| {
-                    Arc::new(MemoryBroker::new(handler, max_event_bytes))
-                });
-                (store, Arc::new(MemoryTickets::default()), hub)
-            }
+        let Some(url) = &config.redis_url else {
+            let hub = Hub::new(metrics.clone(), cache.clone(), |handler| {
+                Arc::new(MemoryBroker::new(handler, max_event_bytes))
+            });
+            return Ok(Self {
+                store: Arc::new(EmbeddedKeyStore::open(&config.data_dir)?),
+                tickets: Arc::new(MemoryTickets::default()),
+                slots: Arc::new(MemorySlots::default()),
+                cache,
+                hub,
+                metrics,
+            });
         };
-        Ok(Self { store, tickets, cache, hub, metrics })
+        let link = Arc::new(RedisLink::new(url).map_err(|e| NodeError::Redis(e.to_string()))?);
+        let broker_link = link.clone();
+        let hub = Hub::new(metrics.clone(), cache.clone(), move |handler| {
+            Arc::new(RedisBroker::start(broker_link, handler, max_event_bytes))
+        });
+        Ok(Self {
+            store: Arc::new(RedisKeyStore::new(link.clone())),
+            tickets: Arc::new(RedisTickets::new(link.clone())),
+            slots: RedisSlots::start(link),
+            cache,
+            hub,
+            metrics,
+        })
     }
 }
 
@@ -122,8 +130,22 @@ impl Node {
         let admin_addr = local(&admin, config.admin_listen)?;
         let shutdown = Shutdown::new();
         control::spawn_revalidation(b.hub.clone(), b.store.clone(), &shutdown);
+        let limits = Arc::new(Limits::new(&config));
+        spawn_pruning(limits.clone(), &shutdown);
+        let permits =
+            |n: usize| Arc::new(Semaphore::new(if n == 0 { Semaphore::MAX_PERMITS } else { n }));
         let state = Arc::new(AppState {
-            auth: Authenticator::new(b.store, b.tickets, b.cache, b.metrics.clone()),
+            auth: Authenticator::new(
+                b.store,
+                b.tickets,
+                b.cache,
+                limits.clone(),
+                b.metrics.clone(),
+            ),
+            limits,
+            slots: b.slots,
+            connections: permits(config.max_connections),
+            unauthenticated: permits(config.max_unauthenticated),
             config,
             hub: b.hub,
             keys,
@@ -160,6 +182,23 @@ impl Node {
         }
         tracing::info!("stopped");
     }
+}
+
+/// How often idle rate-limiter state is dropped.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Drops limiter state that no longer limits anything, until shutdown.
+fn spawn_pruning(limits: Arc<Limits>, shutdown: &Shutdown) {
+    let token = shutdown.token.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(PRUNE_EVERY);
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = every.tick() => limits.prune(),
+            }
+        }
+    });
 }
 
 /// The admin token: from the config, else from `<data_dir>/admin_token`, else a new one

@@ -9,9 +9,14 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::{
+    io::AsyncWriteExt,
+    net::{TcpListener, TcpSocket},
+    sync::OwnedSemaphorePermit,
+};
 
 use crate::{
+    error::ApiError,
     http::{route, Listener},
     state::AppState,
 };
@@ -43,9 +48,41 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, which: Listener)
             }
         };
         let _ = stream.set_nodelay(true);
+        let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+            state.metrics.rate_limited("max_connections");
+            state.shutdown.tracker.spawn(refuse(stream));
+            continue;
+        };
         let st = state.clone();
-        state.shutdown.tracker.spawn(serve_connection(stream, peer, st, which));
+        state.shutdown.tracker.spawn(serve_connection(
+            stream,
+            peer,
+            st,
+            which,
+            ConnPermit(Arc::new(permit)),
+        ));
     }
+}
+
+/// A TCP connection's share of `max_connections`. Every request carries a clone in its
+/// extensions, so an upgraded WebSocket keeps the permit for as long as it lives.
+#[derive(Clone)]
+pub struct ConnPermit(pub Arc<OwnedSemaphorePermit>);
+
+/// Answers a connection over `max_connections` with a 503 and closes it (within a second).
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    let body = ApiError::overloaded().body();
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 async fn serve_connection(
@@ -53,10 +90,12 @@ async fn serve_connection(
     peer: SocketAddr,
     state: Arc<AppState>,
     which: Listener,
+    permit: ConnPermit,
 ) {
     let token = state.shutdown.token.clone();
     let cfg = state.config.clone();
-    let svc = service_fn(move |req| {
+    let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(permit.clone());
         let st = state.clone();
         async move { Ok::<_, std::convert::Infallible>(route(req, peer, st, which).await) }
     });

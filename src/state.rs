@@ -7,13 +7,27 @@ use std::sync::Arc;
 
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use tokio::sync::Semaphore;
+
 use crate::{
-    auth::Authenticator, config::Config, hub::Hub, keys::service::KeyService, metrics::Metrics,
+    auth::Authenticator,
+    config::Config,
+    hub::Hub,
+    keys::service::KeyService,
+    metrics::Metrics,
+    rate_limit::Limits,
     shutdown::Shutdown,
+    slots::{Caps, SlotStore},
 };
 
 pub struct AppState {
     pub config: Arc<Config>,
+    pub limits: Arc<Limits>,
+    pub slots: Arc<dyn SlotStore>,
+    /// Open TCP connections (`max_connections`); a WebSocket keeps its connection's permit.
+    pub connections: Arc<Semaphore>,
+    /// Upgraded sockets not yet authenticated (`max_unauthenticated`).
+    pub unauthenticated: Arc<Semaphore>,
     pub hub: Arc<Hub>,
     pub keys: KeyService,
     pub auth: Authenticator,
@@ -24,6 +38,14 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The per-key and per-account connection caps.
+    pub fn caps(&self) -> Caps {
+        Caps {
+            per_key: self.config.max_connections_per_key,
+            per_account: self.config.max_connections_per_account,
+        }
+    }
+
     /// The tungstenite limits for every accepted socket, from the config.
     pub fn ws_config(&self) -> WebSocketConfig {
         let c = &self.config;

@@ -21,9 +21,13 @@ use crate::{
     outbox::{Outbox, Push},
     protocol::{close::CloseCode, filter::EventFilter, ClientMessage, ServerMessage},
     scope::{read_topics, Topic},
+    server::ConnPermit,
+    slots::{self, Slot},
     state::AppState,
     token::TokenHash,
 };
+use governor::DefaultDirectRateLimiter;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Removes the session from the Hub (and its channels) however the session ends.
 struct Registration {
@@ -49,6 +53,19 @@ struct Session {
     outbox: Arc<Outbox>,
     reg: Registration,
     readable: Vec<Topic>,
+    /// Client-message rate (4008); `None` = unlimited.
+    messages: Option<DefaultDirectRateLimiter>,
+    /// This session's share of the key's and account's connection caps.
+    _slot: Option<Slot>,
+}
+
+/// What the upgrade handed over: the credential the first message must repeat, and the
+/// permits this socket holds (its TCP connection's, and an unauthenticated-socket one that
+/// is given back once the auth message has been handled).
+pub struct Admission {
+    pub expected: TokenHash,
+    pub connection: Option<ConnPermit>,
+    pub unauthenticated: OwnedSemaphorePermit,
 }
 
 /// Runs a session on an upgraded socket. `expected` is the hash of the credential checked
@@ -56,7 +73,7 @@ struct Session {
 pub async fn run<S>(
     ws: WebSocketStream<S>,
     principal: Principal,
-    expected: TokenHash,
+    admission: Admission,
     state: Arc<AppState>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -87,21 +104,30 @@ pub async fn run<S>(
     let mut conn = Conn::new(ws, outbox.clone(), cfg.ping_interval, cfg.pong_timeout);
     conn.set_expiry(principal.expires_at.map(deadline_of));
     let readable = read_topics(&principal.scopes);
-    let mut session = Session { state: state.clone(), principal, outbox, reg, readable };
+    let messages = state.limits.message_limiter();
+    let mut session =
+        Session { state: state.clone(), principal, outbox, reg, readable, messages, _slot: None };
 
     let span = tracing::debug_span!("ws", conn = %conn_id, key_id = %session.principal.key_id);
     let _guard = span.enter();
-    let exit = match conn.first_message(cfg.auth_timeout).await {
-        Ok(first) => match session.authenticate(first, &expected, conn_id).await {
-            Ok(()) => session.serve(&mut conn).await,
-            Err(code) => Step::Close(code),
-        },
-        Err(step) => {
-            if matches!(step, Step::Close(CloseCode::AuthTimeout)) {
-                state.metrics.auth_failure("ws_auth_timeout");
+    let exit = match session.take_slot(conn_id).await {
+        Err(code) => Step::Close(code),
+        Ok(()) => match conn.first_message(cfg.auth_timeout).await {
+            Ok(first) => {
+                let authed = session.authenticate(first, &admission.expected, conn_id).await;
+                drop(admission.unauthenticated);
+                match authed {
+                    Ok(()) => session.serve(&mut conn).await,
+                    Err(code) => Step::Close(code),
+                }
             }
-            step
-        }
+            Err(step) => {
+                if matches!(step, Step::Close(CloseCode::AuthTimeout)) {
+                    state.metrics.auth_failure("ws_auth_timeout");
+                }
+                step
+            }
+        },
     };
     match exit {
         Step::Close(code) => {
@@ -111,6 +137,7 @@ pub async fn run<S>(
         }
         Step::Gone | Step::Message(_) => conn.finish(Duration::from_secs(1)).await,
     }
+    drop(admission.connection);
 }
 
 /// A wall-clock expiry as a tokio deadline (now if already past).
@@ -121,6 +148,25 @@ fn deadline_of(at: time::OffsetDateTime) -> tokio::time::Instant {
 }
 
 impl Session {
+    /// Takes a connection slot for the key and account; a race past a cap is 4029.
+    async fn take_slot(&mut self, conn: ConnId) -> Result<(), CloseCode> {
+        let (key, account) = (&self.principal.key_id, &self.principal.account);
+        match slots::acquire(&self.state.slots, key, account, conn, self.state.caps()).await {
+            Ok(Ok(slot)) => {
+                self._slot = Some(slot);
+                Ok(())
+            }
+            Ok(Err(_full)) => {
+                self.state.metrics.rate_limited("connections_race");
+                Err(CloseCode::TooManyConnections)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "connection slots unavailable");
+                Err(CloseCode::TryAgainLater)
+            }
+        }
+    }
+
     /// Checks the first message, queues `auth.success`, then subscribes every readable topic.
     async fn authenticate(
         &mut self,
@@ -162,7 +208,14 @@ impl Session {
     /// The message loop after authentication; returns how the session ended.
     async fn serve<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>) -> Step {
         loop {
-            match conn.next_step().await {
+            let step = conn.next_step().await;
+            if matches!(step, Step::Message(_))
+                && self.messages.as_ref().is_some_and(|m| m.check().is_err())
+            {
+                self.state.metrics.rate_limited("client_messages");
+                return Step::Close(CloseCode::RateLimited);
+            }
+            match step {
                 Step::Message(Message::Text(text)) => self.on_text(&text).await,
                 Step::Message(_) => self.send(ServerMessage::error(
                     "invalid_message",

@@ -20,7 +20,10 @@ use tokio_tungstenite::{
 };
 
 use super::session;
-use crate::{error::ApiError, scope::read_topics, state::AppState, token::TokenHash};
+use crate::{
+    auth::Principal, error::ApiError, scope::read_topics, server::ConnPermit, slots,
+    state::AppState, token::TokenHash,
+};
 
 /// Answers a `/v1/ws` request: an error response, or a 101 with the session spawned.
 pub async fn handle(
@@ -46,8 +49,10 @@ async fn check_and_upgrade(
     if !state.hub.broker().ready() {
         return Err(ApiError::broker_unavailable());
     }
+    check_origin(req.headers(), &state.config.allowed_origins, state)?;
     let query = req.uri().query();
     let (token, ticket) = (query_param(query, "token"), query_param(query, "ticket"));
+    // `authenticate*` refuse a locked-out client IP (429) before touching the store.
     let (principal, credential) = match (token, ticket) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid_param(
@@ -68,22 +73,29 @@ async fn check_and_upgrade(
         ));
     }
     let accept = websocket_accept(req.version(), req.headers())?;
+    state.limits.check_new_connection(&principal.key_id, &state.metrics)?;
+    check_caps(state, &principal).await?;
     if state.shutdown.token.is_cancelled() {
         return Err(ApiError::shutting_down());
     }
-    let expected = TokenHash::of(&credential);
+    let Ok(unauthenticated) = state.unauthenticated.clone().try_acquire_owned() else {
+        state.metrics.rate_limited("unauthenticated");
+        return Err(ApiError::overloaded());
+    };
+    let admission = session::Admission {
+        expected: TokenHash::of(&credential),
+        connection: req.extensions_mut().remove::<ConnPermit>(),
+        unauthenticated,
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let st = state.clone();
     state.shutdown.tracker.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(st.ws_config()),
-                )
-                .await;
-                session::run(ws, principal, expected, st).await;
+                let io = TokioIo::new(upgraded);
+                let ws =
+                    WebSocketStream::from_raw_socket(io, Role::Server, Some(st.ws_config())).await;
+                session::run(ws, principal, admission, st).await;
             }
             Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
         }
@@ -95,6 +107,36 @@ async fn check_and_upgrade(
         .header(header::SEC_WEBSOCKET_ACCEPT, accept)
         .body(Full::default())
         .map_err(|_| ApiError::internal())
+}
+
+/// With an allowlist configured, a browser's `Origin` must be on it (exact match). Clients
+/// that send no `Origin` (servers, CLIs) are not browsers and are allowed.
+fn check_origin(headers: &HeaderMap, allowed: &[String], state: &AppState) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(header::ORIGIN) else { return Ok(()) };
+    if allowed.is_empty() || origin.to_str().is_ok_and(|o| allowed.iter().any(|a| a == o)) {
+        return Ok(());
+    }
+    state.metrics.rate_limited("origin");
+    Err(ApiError::origin_not_allowed())
+}
+
+/// 429 when the key or its account already holds its cap of open connections.
+async fn check_caps(state: &AppState, principal: &Principal) -> Result<(), ApiError> {
+    let outcome =
+        slots::check(state.slots.as_ref(), &principal.key_id, &principal.account, state.caps())
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "connection slots unavailable");
+                ApiError::store_unavailable()
+            })?;
+    outcome.map_err(|full| {
+        let (limit, what) = match full {
+            slots::Full::Key => ("connections_per_key", "this key"),
+            slots::Full::Account => ("connections_per_account", "this account"),
+        };
+        state.metrics.rate_limited(limit);
+        ApiError::rate_limited(1).with_message(format!("Too many open connections for {what}."))
+    })
 }
 
 /// The first value of `name` in a query string, percent-decoded.
@@ -118,8 +160,7 @@ fn websocket_accept(version: Version, headers: &HeaderMap) -> Result<String, Api
         return Err(ApiError::invalid_upgrade("`Connection: Upgrade` over HTTP/1.1 is required."));
     }
     if headers.get(header::SEC_WEBSOCKET_VERSION) != Some(&HeaderValue::from_static("13")) {
-        return Err(ApiError::invalid_upgrade("`Sec-WebSocket-Version: 13` is required.")
-            .with_param("Sec-WebSocket-Version"));
+        return Err(ApiError::unsupported_websocket_version());
     }
     let key =
         headers.get(header::SEC_WEBSOCKET_KEY).filter(|k| k.len() == 24).ok_or_else(|| {
@@ -147,8 +188,8 @@ mod tests {
         h.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
         h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
         assert_eq!(
-            websocket_accept(Version::HTTP_11, &h).unwrap_err().param.as_deref(),
-            Some("Sec-WebSocket-Version")
+            websocket_accept(Version::HTTP_11, &h).unwrap_err().code,
+            "unsupported_websocket_version"
         );
         h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         h.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="));
