@@ -301,3 +301,69 @@ async fn the_binary_in_redis_mode_cli_publish_and_cluster_wide_cli_revocation() 
     assert_eq!(served.wait().await, 0);
     assert!(!served.output().contains(&token));
 }
+
+#[tokio::test]
+async fn connection_caps_hold_across_nodes() {
+    let redis = RedisServer::start().await;
+    let a = TestServer::on_redis(&redis, |c| c.max_connections_per_key = 2).await;
+    let b = TestServer::on_redis(&redis, |c| c.max_connections_per_key = 2).await;
+    let (k, _) = a.key("acct_caps", Environment::Live, &[Scope::TasksRead]).await;
+    let (on_a, _) = WsClient::authed(&a.ws_url(&k), &k).await;
+    let (_on_b, _) = WsClient::authed(&b.ws_url(&k), &k).await;
+    for node in [&a, &b] {
+        let r = WsClient::try_connect(&node.ws_url(&k))
+            .await
+            .err()
+            .expect("cap of 2 across both nodes");
+        assert_eq!(r.status, 429);
+    }
+    let members: i64 = redis::cmd("ZCARD")
+        .arg(format!("mt:conns:key:{}", a.state.hub.session_keys()[0].0))
+        .query_async(&mut redis.conn().await)
+        .await
+        .unwrap();
+    assert_eq!(members, 2, "one slot per open connection, shared in Redis");
+    // Closing one on A frees a slot for B (released when A's session ends).
+    drop(on_a);
+    let mut reopened = false;
+    for _ in 0..100 {
+        if WsClient::try_connect(&b.ws_url(&k)).await.is_ok() {
+            reopened = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reopened, "the slot released on A never became usable on B");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_crashed_nodes_lapsed_slots_do_not_count() {
+    let redis = RedisServer::start().await;
+    let s = TestServer::on_redis(&redis, |c| c.max_connections_per_key = 2).await;
+    let (k, id) = s.key("acct_crash", Environment::Live, &[Scope::TasksRead]).await;
+    // Two slots left by a node that died: their refresh stopped, so their expiry passed.
+    let lapsed = time::OffsetDateTime::now_utc().unix_timestamp() * 1000 - 1000;
+    let set = format!("mt:conns:key:{id}");
+    let _: i64 = redis::cmd("ZADD")
+        .arg(&set)
+        .arg(lapsed)
+        .arg("dead:conn_1")
+        .arg(lapsed)
+        .arg("dead:conn_2")
+        .query_async(&mut redis.conn().await)
+        .await
+        .unwrap();
+    let (_c, _) = WsClient::authed(&s.ws_url(&k), &k).await;
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&set)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut redis.conn().await)
+        .await
+        .unwrap();
+    assert_eq!(members.len(), 1, "lapsed slots were dropped: {members:?}");
+    assert!(!members[0].starts_with("dead:"));
+    s.shutdown().await;
+}

@@ -15,6 +15,8 @@ mod http_admin;
 mod ip_allowlist;
 #[path = "../it/key_lifecycle.rs"]
 mod key_lifecycle;
+#[path = "../it/protection.rs"]
+mod protection;
 #[path = "../it/tickets.rs"]
 mod tickets;
 #[path = "../it/ws_auth.rs"]

@@ -69,6 +69,30 @@ impl WsClient {
         Self { ws }
     }
 
+    /// Connects from a chosen local address (e.g. 127.0.0.2: another client IP on loopback).
+    pub async fn try_connect_from(
+        src: std::net::IpAddr,
+        addr: std::net::SocketAddr,
+        url: &str,
+    ) -> Result<Self, Refused> {
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.bind(std::net::SocketAddr::new(src, 0)).unwrap();
+        let stream = sock.connect(addr).await.unwrap();
+        match client_async(url, MaybeTlsStream::Plain(stream)).await {
+            Ok((ws, _)) => Ok(Self { ws }),
+            Err(tungstenite::Error::Http(resp)) => Err(Refused {
+                status: resp.status().as_u16(),
+                www_authenticate: None,
+                body: resp
+                    .body()
+                    .as_deref()
+                    .map(|b| serde_json::from_slice(b).unwrap())
+                    .unwrap_or(Value::Null),
+            }),
+            Err(e) => panic!("connect failed: {e}"),
+        }
+    }
+
     /// Connects, authenticates with the same token and returns the `auth.success` message.
     pub async fn authed(url: &str, token: &str) -> (Self, Value) {
         let mut c = Self::connect(url).await;
