@@ -200,9 +200,15 @@ async fn invalid_config_is_one_line_naming_the_setting_and_exit_2() {
 async fn no_secret_reaches_the_log_even_at_debug_level() {
     let dir = tempfile::tempdir().unwrap();
     let admin_token = "admin-secret-0123456789abcdef";
-    let mut served =
-        Served::start(dir.path(), &[("RUST_LOG", "debug"), ("MITEOS_ADMIN_TOKEN", admin_token)])
-            .await;
+    let mut served = Served::start(
+        dir.path(),
+        &[
+            ("RUST_LOG", "debug"),
+            ("MITEOS_ADMIN_TOKEN", admin_token),
+            ("MITEOS_AUTH_FAILURES_PER_MINUTE", "8"),
+        ],
+    )
+    .await;
     let boot = served.bootstrap.clone().unwrap();
     let mut http = crate::support::http::HttpClient::connect(served.addr).await;
     let created = http
@@ -248,6 +254,17 @@ async fn no_secret_reaches_the_log_even_at_debug_level() {
         .await;
     assert_eq!(ok.status, 200);
     assert_eq!(a.recv().await["event"], "e");
+    // Brute force until locked out (429), with real-looking secrets in the query.
+    let mut locked = false;
+    let mut guesses = Vec::new();
+    for _ in 0..20 {
+        let guess = miteos_stream::token::Token::generate(miteos_stream::scope::Environment::Test);
+        let r =
+            WsClient::try_connect(&url(&format!("token={}", guess.expose()))).await.err().unwrap();
+        locked |= r.status == 429;
+        guesses.push(guess.expose().to_owned());
+    }
+    assert!(locked, "the brute force was rate limited");
 
     served.signal_term();
     assert_eq!(a.expect_close().await, 1001);
@@ -264,6 +281,10 @@ async fn no_secret_reaches_the_log_even_at_debug_level() {
         assert!(!output.contains(secret.as_str()), "{what} leaked into the output");
     }
     assert_eq!(output.matches(&boot).count(), 1, "bootstrap key only in its own line");
+    assert!(
+        guesses.iter().all(|g| !output.contains(g.as_str())),
+        "a guessed token leaked into the output"
+    );
 }
 
 #[tokio::test]
