@@ -269,3 +269,26 @@ async fn unauthenticated_sockets_have_their_own_small_cap() {
     let (_second, _) = WsClient::authed(&s.ws_url(&s.bootstrap), &s.bootstrap).await;
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn new_connections_per_key_are_rate_limited() {
+    let s = TestServer::with(|c| c.new_connections_per_key_per_second = 3).await;
+    let (k, _) = s.key("acct_rate", Environment::Live, &[Scope::TasksRead]).await;
+    let (other, _) = s.key("acct_rate", Environment::Live, &[Scope::TasksRead]).await;
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(match WsClient::try_connect(&s.ws_url(&k)).await {
+            Ok(_) => 101,
+            Err(r) => {
+                assert_eq!(r.body["error"]["code"], "rate_limited");
+                r.status
+            }
+        });
+    }
+    // Three in the first second (the quota's burst), then refusals; other keys are unaffected.
+    assert_eq!(&statuses[..3], &[101, 101, 101]);
+    assert!(statuses[3..].contains(&429), "{statuses:?}");
+    assert!(WsClient::try_connect(&s.ws_url(&other)).await.is_ok());
+    assert!(s.metric("miteos_rate_limited_total{limit=\"new_connections_per_key\"}") >= 1.0);
+    s.shutdown().await;
+}
