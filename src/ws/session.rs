@@ -6,9 +6,10 @@
 //! Invariants: `auth.success` is queued before any event; every exit path closes with one
 //! `CloseCode` (or the client left first); the Registration guard always deregisters.
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::Instrument;
 use tokio_tungstenite::{tungstenite::Message, WebSocketStream};
 
 use super::conn::{Conn, Step};
@@ -68,35 +69,32 @@ pub struct Admission {
     pub unauthenticated: OwnedSemaphorePermit,
 }
 
-/// Runs a session on an upgraded socket. `expected` is the hash of the credential checked
-/// before the upgrade; the first message must carry the same one.
-pub async fn run<S>(
+/// Runs a session on an upgraded socket. `admission.expected` is the hash of the credential
+/// checked before the upgrade; the first message must carry the same one.
+///
+/// Setup happens here, synchronously; the returned future owns only the session, its socket
+/// and its permits (no second copy of its inputs), and boxes the phases that are short-lived
+/// (authentication, handling a client message, closing) so an idle connection's task stays
+/// small: this future lives as long as the connection, tens of thousands of times over.
+pub fn run<S>(
     ws: WebSocketStream<S>,
     principal: Principal,
     admission: Admission,
     state: Arc<AppState>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
+) -> impl Future<Output = ()> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let cfg = state.config.clone();
+    let cfg = &state.config;
     let conn_id = ConnId::generate();
     let outbox = Arc::new(Outbox::new(cfg.outbox_capacity));
     state.hub.register(
         conn_id,
-        SessionEntry {
-            key_id: principal.key_id.clone(),
-            secret: principal.secret,
-            outbox: outbox.clone(),
-        },
+        SessionEntry { key_id: principal.key_id.clone(), secret: principal.secret, outbox: outbox.clone() },
     );
     state.metrics.connections_open.inc();
     state.metrics.connections_total.inc();
-    let reg = Registration {
-        hub: state.hub.clone(),
-        metrics: state.metrics.clone(),
-        conn: conn_id,
-        channels: Vec::new(),
-    };
+    let reg = Registration { hub: state.hub.clone(), metrics: state.metrics.clone(), conn: conn_id, channels: Vec::new() };
     // Shutdown may have started between the upgrade and the registration above.
     if state.shutdown.token.is_cancelled() {
         outbox.close(CloseCode::GoingAway);
@@ -105,39 +103,17 @@ pub async fn run<S>(
     conn.set_expiry(principal.expires_at.map(deadline_of));
     let readable = read_topics(&principal.scopes);
     let messages = state.limits.message_limiter();
-    let mut session =
-        Session { state: state.clone(), principal, outbox, reg, readable, messages, _slot: None };
-
-    let span = tracing::debug_span!("ws", conn = %conn_id, key_id = %session.principal.key_id);
-    let _guard = span.enter();
-    let exit = match session.take_slot(conn_id).await {
-        Err(code) => Step::Close(code),
-        Ok(()) => match conn.first_message(cfg.auth_timeout).await {
-            Ok(first) => {
-                let authed = session.authenticate(first, &admission.expected, conn_id).await;
-                drop(admission.unauthenticated);
-                match authed {
-                    Ok(()) => session.serve(&mut conn).await,
-                    Err(code) => Step::Close(code),
-                }
-            }
-            Err(step) => {
-                if matches!(step, Step::Close(CloseCode::AuthTimeout)) {
-                    state.metrics.auth_failure("ws_auth_timeout");
-                }
-                step
-            }
-        },
-    };
-    match exit {
-        Step::Close(code) => {
-            state.metrics.closes.get_or_create(&CloseLabel { code: code.code() }).inc();
-            tracing::debug!(code = code.code(), "closing");
-            conn.close(code, cfg.close_timeout).await;
-        }
-        Step::Gone | Step::Message(_) => conn.finish(Duration::from_secs(1)).await,
+    let span = tracing::debug_span!("ws", conn = %conn_id, key_id = %principal.key_id);
+    let mut session = Session { state, principal, outbox, reg, readable, messages, _slot: None };
+    async move {
+        let exit = match Box::pin(session.open(&mut conn, admission.expected, admission.unauthenticated, conn_id)).await {
+            Ok(()) => session.serve(&mut conn).await,
+            Err(step) => step,
+        };
+        Box::pin(session.end(conn, exit)).await;
+        drop(admission.connection);
     }
-    drop(admission.connection);
+    .instrument(span)
 }
 
 /// A wall-clock expiry as a tokio deadline (now if already past).
@@ -148,6 +124,38 @@ fn deadline_of(at: time::OffsetDateTime) -> tokio::time::Instant {
 }
 
 impl Session {
+    /// Takes a connection slot, waits for the auth message and authenticates it; gives the
+    /// unauthenticated-socket permit back once that is decided.
+    async fn open<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        expected: TokenHash,
+        unauthenticated: OwnedSemaphorePermit,
+        conn_id: ConnId,
+    ) -> Result<(), Step> {
+        self.take_slot(conn_id).await.map_err(Step::Close)?;
+        let first = conn.first_message(self.state.config.auth_timeout).await.inspect_err(|step| {
+            if matches!(step, Step::Close(CloseCode::AuthTimeout)) {
+                self.state.metrics.auth_failure("ws_auth_timeout");
+            }
+        })?;
+        let authed = self.authenticate(first, &expected, conn_id).await;
+        drop(unauthenticated);
+        authed.map_err(Step::Close)
+    }
+
+    /// Closes with the session's exit code (or completes the client's close).
+    async fn end<S: AsyncRead + AsyncWrite + Unpin>(&self, conn: Conn<S>, exit: Step) {
+        match exit {
+            Step::Close(code) => {
+                self.state.metrics.closes.get_or_create(&CloseLabel { code: code.code() }).inc();
+                tracing::debug!(code = code.code(), "closing");
+                conn.close(code, self.state.config.close_timeout).await;
+            }
+            Step::Gone | Step::Message(_) => conn.finish(Duration::from_secs(1)).await,
+        }
+    }
+
     /// Takes a connection slot for the key and account; a race past a cap is 4029.
     async fn take_slot(&mut self, conn: ConnId) -> Result<(), CloseCode> {
         let (key, account) = (&self.principal.key_id, &self.principal.account);
@@ -216,7 +224,7 @@ impl Session {
                 return Step::Close(CloseCode::RateLimited);
             }
             match step {
-                Step::Message(Message::Text(text)) => self.on_text(&text).await,
+                Step::Message(Message::Text(text)) => Box::pin(self.on_text(&text)).await,
                 Step::Message(_) => self.send(ServerMessage::error(
                     "invalid_message",
                     "only JSON text messages are accepted",

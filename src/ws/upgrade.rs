@@ -95,7 +95,9 @@ async fn check_and_upgrade(
                 let io = TokioIo::new(upgraded);
                 let ws =
                     WebSocketStream::from_raw_socket(io, Role::Server, Some(st.ws_config())).await;
-                session::run(ws, principal, admission, st).await;
+                                // The session gets a task of its own, sized for a long idle life; this one ends.
+                let tracker = st.shutdown.tracker.clone();
+                tracker.spawn(session::run(ws, principal, admission, st));
             }
             Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
         }

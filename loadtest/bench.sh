@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs one loadtest scenario against a fresh release server (embedded, or Redis with
+# BENCH_REDIS_URL) and prints the loadtest JSON line. Usage:
+#   loadtest/bench.sh idle --clients 19000
+#   BENCH_REDIS_URL=redis://127.0.0.1:6390/ loadtest/bench.sh fanout --clients 10000 --mode burst
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scenario=$1; shift
+dir=$(mktemp -d)
+extra=()
+[ -n "${BENCH_REDIS_URL:-}" ] && extra+=(--redis-url "$BENCH_REDIS_URL")
+./target/release/miteos-stream --config loadtest/bench.toml --data-dir "$dir" "${extra[@]}" serve \
+  > "$dir/server.out" 2> "$dir/server.err" &
+pid=$!
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$dir"' EXIT
+for _ in $(seq 100); do grep -q '^admin listening' "$dir/server.out" 2>/dev/null && break; sleep 0.1; done
+token=$(grep -o 'mt_test_sk_[A-Za-z0-9]*' "$dir/server.out" || true)
+if [ -z "$token" ]; then
+  # Redis mode on a non-empty Redis: no bootstrap key; create one through the CLI.
+  token=$(./target/release/miteos-stream --data-dir "$dir" "${extra[@]}" keys create --account acct_local \
+    --env test --name bench --scopes tasks.read | grep -o 'mt_test_sk_[A-Za-z0-9]*')
+fi
+pub=()
+[ -n "${BENCH_REDIS_URL:-}" ] && [ "$scenario" != idle ] && [ "$scenario" != storm ] && [ "$scenario" != churn ] \
+  && [ -z "${BENCH_PUBLISH_ADMIN:-}" ] && pub+=(--redis-url "$BENCH_REDIS_URL")
+case "$scenario" in
+  fanout|slow) pub+=(--data-dir "$dir") ;;
+esac
+LOADTEST_TOKEN=$token ./target/release/loadtest "$scenario" --pid "$pid" "${pub[@]}" "$@"
