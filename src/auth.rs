@@ -15,7 +15,7 @@ use crate::{
     keys::{cache::KeyCache, KeyRecord, KeyStore},
     metrics::Metrics,
     rate_limit::Limits,
-    scope::{Environment, Scope},
+    scope::{Environment, Scope, ScopeSet},
     tickets::TicketStore,
     token::{Token, TokenHash, TokenKind},
 };
@@ -29,7 +29,7 @@ pub struct Principal {
     pub key_id: KeyId,
     pub account: AccountId,
     pub environment: Environment,
-    pub scopes: Vec<Scope>,
+    pub scopes: ScopeSet,
     /// Hash of the secret that was presented (a key has two during a rotation's grace).
     pub secret: TokenHash,
     /// When this credential stops working: the key's expiry or the secret's retirement.
@@ -38,7 +38,7 @@ pub struct Principal {
 
 impl Principal {
     pub fn has(&self, scope: Scope) -> bool {
-        self.scopes.contains(&scope)
+        self.scopes.contains(scope)
     }
 }
 
@@ -200,7 +200,7 @@ pub fn principal_for(
         key_id: rec.id.clone(),
         account: rec.account_id.clone(),
         environment: rec.environment,
-        scopes: rec.scopes.clone(),
+        scopes: ScopeSet::of(&rec.scopes),
         secret: hash,
         expires_at,
     })

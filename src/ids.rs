@@ -4,10 +4,10 @@
 //! Never: I/O. Invariants: an `AccountId` only holds `[A-Za-z0-9_-]{1,64}`, so it can sit
 //! inside a broker channel name (`mt:{env}:{account}:{topic}`) without escaping.
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use rand::{distr::Alphanumeric, Rng};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// `n` random base62 characters from the thread-local CSPRNG.
 pub fn random_base62(n: usize) -> String {
@@ -26,10 +26,10 @@ pub fn base62_fixed(mut n: u64, width: usize) -> String {
     buf.into_iter().map(char::from).collect()
 }
 
-/// The tenant that owns keys and events, e.g. `acct_local`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct AccountId(String);
+/// The tenant that owns keys and events, e.g. `acct_local`. Shared text: a clone is a
+/// reference-count bump (every session and channel key holds one).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AccountId(Arc<str>);
 
 /// Why a string is not an account id.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -42,7 +42,7 @@ impl AccountId {
             && s.len() <= 64
             && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if ok {
-            Ok(Self(s.to_owned()))
+            Ok(Self(Arc::from(s)))
         } else {
             Err(InvalidAccountId)
         }
@@ -59,6 +59,12 @@ impl fmt::Display for AccountId {
     }
 }
 
+impl Serialize for AccountId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
 impl<'de> Deserialize<'de> for AccountId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -66,23 +72,35 @@ impl<'de> Deserialize<'de> for AccountId {
     }
 }
 
-/// An API key's record id, `key_` + 24 base62 characters. Not a secret.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct KeyId(String);
+/// An API key's record id, `key_` + 24 base62 characters. Not a secret. Shared text, like
+/// `AccountId`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(Arc<str>);
 
 impl KeyId {
     pub fn generate() -> Self {
-        Self(format!("key_{}", random_base62(24)))
+        Self(Arc::from(format!("key_{}", random_base62(24))))
     }
 
     /// Wraps a caller-supplied id (from a URL or the CLI); unknown ids simply match nothing.
     pub fn from_string(s: String) -> Self {
-        Self(s)
+        Self(Arc::from(s))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl Serialize for KeyId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self::from_string)
     }
 }
 

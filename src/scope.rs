@@ -128,12 +128,69 @@ impl Topic {
     }
 }
 
-/// The topics a set of scopes may read, sorted and without duplicates.
-pub fn read_topics(scopes: &[Scope]) -> Vec<Topic> {
-    let mut topics: Vec<Topic> = scopes.iter().filter_map(|s| s.read_topic()).collect();
-    topics.sort_by_key(|t| t.as_str());
-    topics.dedup();
-    topics
+/// A set of scopes as a bitmask (17 bits): copied, never allocated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScopeSet(u32);
+
+impl ScopeSet {
+    pub fn of(scopes: &[Scope]) -> Self {
+        Self(scopes.iter().fold(0, |bits, s| bits | 1 << (*s as u32)))
+    }
+
+    pub fn contains(self, s: Scope) -> bool {
+        self.0 & 1 << (s as u32) != 0
+    }
+
+    /// The topics these scopes may read.
+    pub fn read_topics(self) -> TopicSet {
+        Scope::ALL
+            .iter()
+            .filter(|s| self.contains(**s))
+            .filter_map(|s| s.read_topic())
+            .fold(TopicSet::default(), |set, t| set.with(t))
+    }
+}
+
+/// A set of topics as a bitmask (9 bits); iterates in name order, as clients are shown them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TopicSet(u16);
+
+impl TopicSet {
+    pub fn with(self, t: Topic) -> Self {
+        Self(self.0 | 1 << (t as u16))
+    }
+
+    pub fn without(self, t: Topic) -> Self {
+        Self(self.0 & !(1 << (t as u16)))
+    }
+
+    pub fn contains(self, t: Topic) -> bool {
+        self.0 & 1 << (t as u16) != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The topics, sorted by name.
+    pub fn iter(self) -> impl Iterator<Item = Topic> {
+        const BY_NAME: [Topic; 9] = [
+            Topic::Agents,
+            Topic::Billing,
+            Topic::Commerce,
+            Topic::Integrations,
+            Topic::Social,
+            Topic::Tasks,
+            Topic::Teams,
+            Topic::Trading,
+            Topic::Workspaces,
+        ];
+        BY_NAME.into_iter().filter(move |t| self.contains(*t))
+    }
+
+    pub fn to_vec(self) -> Vec<Topic> {
+        self.iter().collect()
+    }
 }
 
 /// Parses a list of scope names strictly: the first unknown one is the error.
@@ -174,14 +231,30 @@ mod tests {
 
     #[test]
     fn read_topics_are_sorted_and_ignore_write_scopes() {
-        let t = read_topics(&[
+        let t = ScopeSet::of(&[
             Scope::TasksRead,
             Scope::AgentsRead,
             Scope::TeamsWrite,
             Scope::AgentsRead,
-        ]);
-        assert_eq!(t, vec![Topic::Agents, Topic::Tasks]);
-        assert!(read_topics(&[Scope::TasksWrite]).is_empty());
+        ])
+        .read_topics();
+        assert_eq!(t.to_vec(), vec![Topic::Agents, Topic::Tasks]);
+        assert!(ScopeSet::of(&[Scope::TasksWrite]).read_topics().is_empty());
+    }
+
+    #[test]
+    fn bitsets_match_the_vector_forms() {
+        let scopes = [Scope::TasksRead, Scope::AgentsRead, Scope::TeamsWrite, Scope::CommerceRead];
+        let set = ScopeSet::of(&scopes);
+        assert!(Scope::ALL.iter().all(|s| set.contains(*s) == scopes.contains(s)));
+        assert_eq!(set.read_topics().to_vec(), vec![Topic::Agents, Topic::Commerce, Topic::Tasks]);
+        let all = ScopeSet::of(Scope::ALL).read_topics().to_vec();
+        let mut sorted = Topic::ALL.to_vec();
+        sorted.sort_by_key(|t| t.as_str());
+        assert_eq!(all, sorted, "iteration is in name order");
+        let t = TopicSet::default().with(Topic::Tasks).with(Topic::Agents).without(Topic::Tasks);
+        assert_eq!(t.to_vec(), vec![Topic::Agents]);
+        assert!(TopicSet::default().is_empty());
     }
 
     #[test]

@@ -136,7 +136,7 @@ mod tests {
             key_id: KeyId::generate(),
             account: AccountId::parse("acct_t").unwrap(),
             environment: Environment::Live,
-            scopes: vec![],
+            scopes: crate::scope::ScopeSet::default(),
             secret: TokenHash::of("s"),
             expires_at: None,
         }

@@ -12,7 +12,7 @@ use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 
 use super::{api_keys, body};
-use crate::{error::ApiError, scope::read_topics, state::AppState, tickets};
+use crate::{error::ApiError, state::AppState, tickets};
 
 pub async fn handle(
     req: Request<Incoming>,
@@ -31,7 +31,7 @@ async fn mint(
     state: &Arc<AppState>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let caller = state.auth.authenticate(body::bearer(&req), client).await?;
-    if read_topics(&caller.scopes).is_empty() {
+    if caller.scopes.read_topics().is_empty() {
         state.metrics.auth_failure("insufficient_scope");
         return Err(ApiError::insufficient_scope("*.read")
             .with_message("A ticket needs a key with at least one `*.read` scope."));

@@ -9,19 +9,20 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tracing::Instrument;
 use tokio_tungstenite::{tungstenite::Message, WebSocketStream};
+use tracing::Instrument;
 
 use super::conn::{Conn, Step};
 use crate::{
     auth::Principal,
     broker::ChannelKey,
     hub::{Hub, SessionEntry},
+    ids::AccountId,
     ids::ConnId,
     metrics::{CloseLabel, Metrics},
     outbox::{Outbox, Push},
     protocol::{close::CloseCode, filter::EventFilter, ClientMessage, ServerMessage},
-    scope::{read_topics, Topic},
+    scope::{Environment, Topic, TopicSet},
     server::ConnPermit,
     slots::{self, Slot},
     state::AppState,
@@ -35,13 +36,22 @@ struct Registration {
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     conn: ConnId,
-    channels: Vec<ChannelKey>,
+    /// The session's channels: its environment and account, and the topics joined.
+    env: Environment,
+    account: AccountId,
+    topics: TopicSet,
+}
+
+impl Registration {
+    fn key(&self, topic: Topic) -> ChannelKey {
+        ChannelKey::new(self.env, self.account.clone(), topic)
+    }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        for key in &self.channels {
-            self.hub.unsubscribe(key, self.conn);
+        for topic in self.topics.iter() {
+            self.hub.unsubscribe(&self.key(topic), self.conn);
         }
         self.hub.deregister(self.conn);
         self.metrics.connections_open.dec();
@@ -53,7 +63,7 @@ struct Session {
     principal: Principal,
     outbox: Arc<Outbox>,
     reg: Registration,
-    readable: Vec<Topic>,
+    readable: TopicSet,
     /// Client-message rate (4008); `None` = unlimited.
     messages: Option<DefaultDirectRateLimiter>,
     /// This session's share of the key's and account's connection caps.
@@ -90,23 +100,41 @@ where
     let outbox = Arc::new(Outbox::new(cfg.outbox_capacity));
     state.hub.register(
         conn_id,
-        SessionEntry { key_id: principal.key_id.clone(), secret: principal.secret, outbox: outbox.clone() },
+        SessionEntry {
+            key_id: principal.key_id.clone(),
+            secret: principal.secret,
+            outbox: outbox.clone(),
+        },
     );
     state.metrics.connections_open.inc();
     state.metrics.connections_total.inc();
-    let reg = Registration { hub: state.hub.clone(), metrics: state.metrics.clone(), conn: conn_id, channels: Vec::new() };
+    let reg = Registration {
+        hub: state.hub.clone(),
+        metrics: state.metrics.clone(),
+        conn: conn_id,
+        env: principal.environment,
+        account: principal.account.clone(),
+        topics: TopicSet::default(),
+    };
     // Shutdown may have started between the upgrade and the registration above.
     if state.shutdown.token.is_cancelled() {
         outbox.close(CloseCode::GoingAway);
     }
     let mut conn = Conn::new(ws, outbox.clone(), cfg.ping_interval, cfg.pong_timeout);
     conn.set_expiry(principal.expires_at.map(deadline_of));
-    let readable = read_topics(&principal.scopes);
+    let readable = principal.scopes.read_topics();
     let messages = state.limits.message_limiter();
     let span = tracing::debug_span!("ws", conn = %conn_id, key_id = %principal.key_id);
     let mut session = Session { state, principal, outbox, reg, readable, messages, _slot: None };
     async move {
-        let exit = match Box::pin(session.open(&mut conn, admission.expected, admission.unauthenticated, conn_id)).await {
+        let exit = match Box::pin(session.open(
+            &mut conn,
+            admission.expected,
+            admission.unauthenticated,
+            conn_id,
+        ))
+        .await
+        {
             Ok(()) => session.serve(&mut conn).await,
             Err(step) => step,
         };
@@ -134,11 +162,12 @@ impl Session {
         conn_id: ConnId,
     ) -> Result<(), Step> {
         self.take_slot(conn_id).await.map_err(Step::Close)?;
-        let first = conn.first_message(self.state.config.auth_timeout).await.inspect_err(|step| {
-            if matches!(step, Step::Close(CloseCode::AuthTimeout)) {
-                self.state.metrics.auth_failure("ws_auth_timeout");
-            }
-        })?;
+        let first =
+            conn.first_message(self.state.config.auth_timeout).await.inspect_err(|step| {
+                if matches!(step, Step::Close(CloseCode::AuthTimeout)) {
+                    self.state.metrics.auth_failure("ws_auth_timeout");
+                }
+            })?;
         let authed = self.authenticate(first, &expected, conn_id).await;
         drop(unauthenticated);
         authed.map_err(Step::Close)
@@ -198,10 +227,10 @@ impl Session {
             connection_id: conn_id.to_string(),
             key_id: self.principal.key_id.to_string(),
             environment: self.principal.environment,
-            channels: self.readable.clone(),
+            channels: self.readable.to_vec(),
         };
         self.send(success);
-        for topic in self.readable.clone() {
+        for topic in self.readable.iter() {
             self.join(topic, None).await.map_err(|_| CloseCode::TryAgainLater)?;
         }
         tracing::debug!("authenticated");
@@ -271,7 +300,7 @@ impl Session {
                     Some(name.clone()),
                 )
             })?;
-            if need_read && !self.readable.contains(&topic) {
+            if need_read && !self.readable.contains(topic) {
                 let scope = topic.read_scope().to_string();
                 return Err(ServerMessage::error(
                     "insufficient_scope",
@@ -319,9 +348,8 @@ impl Session {
             Err(e) => return self.send(e),
         };
         for topic in &topics {
-            let key = self.key(*topic);
-            self.state.hub.unsubscribe(&key, self.reg.conn);
-            self.reg.channels.retain(|k| *k != key);
+            self.state.hub.unsubscribe(&self.reg.key(*topic), self.reg.conn);
+            self.reg.topics = self.reg.topics.without(*topic);
         }
         self.send(ServerMessage::Unsubscribed { channels: topics });
     }
@@ -331,16 +359,10 @@ impl Session {
         topic: Topic,
         filter: Option<Arc<EventFilter>>,
     ) -> Result<(), crate::broker::BrokerError> {
-        let key = self.key(topic);
+        let key = self.reg.key(topic);
         self.state.hub.subscribe(&key, self.reg.conn, &self.outbox, filter).await?;
-        if !self.reg.channels.contains(&key) {
-            self.reg.channels.push(key);
-        }
+        self.reg.topics = self.reg.topics.with(topic);
         Ok(())
-    }
-
-    fn key(&self, topic: Topic) -> ChannelKey {
-        ChannelKey::new(self.principal.environment, self.principal.account.clone(), topic)
     }
 
     /// Queues a reply; a client too slow to take its own replies is a slow consumer.

@@ -21,8 +21,7 @@ use tokio_tungstenite::{
 
 use super::session;
 use crate::{
-    auth::Principal, error::ApiError, scope::read_topics, server::ConnPermit, slots,
-    state::AppState, token::TokenHash,
+    auth::Principal, error::ApiError, server::ConnPermit, slots, state::AppState, token::TokenHash,
 };
 
 /// Answers a `/v1/ws` request: an error response, or a 101 with the session spawned.
@@ -66,7 +65,7 @@ async fn check_and_upgrade(
             (p, token.unwrap_or_default())
         }
     };
-    if read_topics(&principal.scopes).is_empty() {
+    if principal.scopes.read_topics().is_empty() {
         state.metrics.auth_failure("insufficient_scope");
         return Err(ApiError::insufficient_scope("*.read").with_message(
             "This API key has no `*.read` scope, so there is nothing it may stream.",
@@ -95,7 +94,7 @@ async fn check_and_upgrade(
                 let io = TokioIo::new(upgraded);
                 let ws =
                     WebSocketStream::from_raw_socket(io, Role::Server, Some(st.ws_config())).await;
-                                // The session gets a task of its own, sized for a long idle life; this one ends.
+                // The session gets a task of its own, sized for a long idle life; this one ends.
                 let tracker = st.shutdown.tracker.clone();
                 tracker.spawn(session::run(ws, principal, admission, st));
             }
