@@ -9,7 +9,7 @@ scenario=$1; shift
 dir=$(mktemp -d)
 extra=()
 [ -n "${BENCH_REDIS_URL:-}" ] && extra+=(--redis-url "$BENCH_REDIS_URL")
-./target/release/miteos-stream --config loadtest/bench.toml --data-dir "$dir" "${extra[@]}" serve \
+"${BENCH_SERVER:-./target/release/miteos-stream}" --config loadtest/bench.toml --data-dir "$dir" "${extra[@]}" serve \
   > "$dir/server.out" 2> "$dir/server.err" &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$dir"' EXIT

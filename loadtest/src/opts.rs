@@ -123,6 +123,10 @@ pub struct Fanout {
     /// Give up waiting for deliveries after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout_secs: u64,
+    /// Do not publish: wait for --events events published by another loadtest process
+    /// (several nodes, one publisher). Prints `ramped` on stderr once subscribed.
+    #[arg(long)]
+    pub listen_only: bool,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

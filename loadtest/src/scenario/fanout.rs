@@ -98,8 +98,12 @@ pub async fn run(o: Fanout, slow: usize) -> anyhow::Result<Report> {
         return Err(anyhow!("--slow must be smaller than --clients"));
     }
     let pid = super::server_pid(&o.target)?;
-    let mut publisher = Publisher::connect(&o.publisher).await?;
+    let mut publisher =
+        if o.listen_only { None } else { Some(Publisher::connect(&o.publisher).await?) };
     let (mut conns, ramp) = super::ramp(&o.target, o.clients).await?;
+    if o.listen_only {
+        eprintln!("ramped");
+    }
     let stalled: Vec<Conn> = conns.drain(..slow).collect();
     let readers_n = conns.len() as u64;
     let progress = Arc::new(Progress {
@@ -118,6 +122,7 @@ pub async fn run(o: Fanout, slow: usize) -> anyhow::Result<Report> {
     let interval = (o.rate > 0).then(|| Duration::from_secs_f64(1.0 / o.rate as f64));
     let mut timed_out = false;
     for seq in 0..o.events {
+        let Some(publisher) = publisher.as_mut() else { break };
         let wait_for = match o.mode {
             Mode::Step => seq * readers_n,
             Mode::Burst => seq.saturating_sub(o.window) * readers_n,
@@ -173,7 +178,7 @@ pub async fn run(o: Fanout, slow: usize) -> anyhow::Result<Report> {
     }
     Ok(Report {
         scenario: if slow > 0 { "slow" } else { "fanout" },
-        params: json!({"clients": o.clients, "slow": slow, "events": o.events, "size": o.size, "mode": o.mode, "window": o.window, "rate": o.rate, "redis": o.publisher.redis_url.is_some()}),
+        params: json!({"clients": o.clients, "slow": slow, "events": o.events, "size": o.size, "mode": o.mode, "window": o.window, "rate": o.rate, "redis": o.publisher.redis_url.is_some(), "listen_only": o.listen_only}),
         results: json!({
             "deliveries": received,
             "expected": total,
