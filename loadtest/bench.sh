@@ -18,7 +18,7 @@ token=$(grep -o 'mt_test_sk_[A-Za-z0-9]*' "$dir/server.out" || true)
 if [ -z "$token" ]; then
   # Redis mode on a non-empty Redis: no bootstrap key; create one through the CLI.
   token=$(./target/release/miteos-stream --data-dir "$dir" "${extra[@]}" keys create --account acct_local \
-    --env test --name bench --scopes tasks.read | grep -o 'mt_test_sk_[A-Za-z0-9]*')
+    --env test --name bench --scopes tasks.read | grep -o '"key":"mt_test_sk_[A-Za-z0-9]*' | cut -d'"' -f4)
 fi
 pub=()
 [ -n "${BENCH_REDIS_URL:-}" ] && [ "$scenario" != idle ] && [ "$scenario" != storm ] && [ "$scenario" != churn ] \

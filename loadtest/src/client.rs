@@ -42,8 +42,22 @@ impl From<io::Error> for AuthError {
 /// Connects from `src`, upgrades `/v1/ws?token=…`, sends the auth message and waits for
 /// `auth.success`.
 pub async fn connect_authed(addr: SocketAddr, src: IpAddr, token: &str) -> Result<Conn, AuthError> {
+    connect_authed_with(addr, src, token, None).await
+}
+
+/// Like `connect_authed`, with a fixed receive buffer (a stalled client then backs up the
+/// server after that many bytes instead of the kernel's autotuned megabytes).
+pub async fn connect_authed_with(
+    addr: SocketAddr,
+    src: IpAddr,
+    token: &str,
+    rcvbuf: Option<u32>,
+) -> Result<Conn, AuthError> {
     let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     sock.set_reuseaddr(true)?;
+    if let Some(size) = rcvbuf {
+        sock.set_recv_buffer_size(size)?;
+    }
     sock.bind(SocketAddr::new(src, 0))?;
     let mut stream = sock.connect(addr).await?;
     stream.set_nodelay(true)?;

@@ -152,6 +152,10 @@ pub struct Slow {
     /// Subscribers (out of --clients) that stop reading right after authenticating.
     #[arg(long, default_value_t = 10)]
     pub slow: usize,
+    /// Receive buffer of the stalled clients in bytes (0 = the kernel's autotuning, which
+    /// absorbs several MB before the server's queue fills).
+    #[arg(long, default_value_t = 16384)]
+    pub slow_rcvbuf: u32,
 }
 
 #[derive(Args, Debug)]

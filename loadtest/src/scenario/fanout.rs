@@ -19,7 +19,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::{
-    client::{close_code, field, Conn, OP_CLOSE, OP_PING, OP_TEXT},
+    client::{close_code, connect_authed_with, field, Conn, OP_CLOSE, OP_PING, OP_TEXT},
     opts::{Fanout, Mode},
     proc_stat,
     publish::{now_ns, Publisher},
@@ -80,31 +80,63 @@ async fn read(mut c: Conn, events: u64, progress: Arc<Progress>) -> Seen {
     seen
 }
 
-/// After the run, a stalled client drains what it was sent; returns the close code it got.
-async fn drain_until_close(mut c: Conn) -> Option<u16> {
-    let work = async {
-        while let Ok((op, payload)) = c.next().await {
-            if op == OP_CLOSE {
-                return Some(close_code(payload));
-            }
-        }
-        None
-    };
-    tokio::time::timeout(Duration::from_secs(30), work).await.ok().flatten()
+/// How a stalled client found its connection when it read again.
+enum Stalled {
+    /// It got the close frame with this code.
+    Closed(u16),
+    /// The server had dropped the connection: it resumed after `close_timeout`.
+    Dropped,
+    /// Still open after 30 s of reading: it was never cut off.
+    Open,
 }
 
-pub async fn run(o: Fanout, slow: usize) -> anyhow::Result<Report> {
+/// After the run, a stalled client drains what it was sent until the close.
+async fn drain_until_close(mut c: Conn) -> Stalled {
+    let work = async {
+        loop {
+            match c.next().await {
+                Ok((OP_CLOSE, payload)) => return Stalled::Closed(close_code(payload)),
+                Ok(_) => {}
+                Err(_) => return Stalled::Dropped,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), work).await.unwrap_or(Stalled::Open)
+}
+
+/// A counter from the server's admin `/metrics` (None when unreachable).
+async fn server_metric(admin: std::net::SocketAddr, name: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
+    s.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.ok()?;
+    text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok())
+}
+
+pub async fn run(o: Fanout, slow: usize, slow_rcvbuf: u32) -> anyhow::Result<Report> {
     if slow >= o.clients {
         return Err(anyhow!("--slow must be smaller than --clients"));
     }
     let pid = super::server_pid(&o.target)?;
     let mut publisher =
         if o.listen_only { None } else { Some(Publisher::connect(&o.publisher).await?) };
-    let (mut conns, ramp) = super::ramp(&o.target, o.clients).await?;
+    let mut stalled = Vec::with_capacity(slow);
+    for i in 0..slow {
+        let rcvbuf = (slow_rcvbuf > 0).then_some(slow_rcvbuf);
+        let c = connect_authed_with(o.target.addr, o.target.source(i), &o.target.token, rcvbuf)
+            .await
+            .map_err(|e| anyhow!("stalled client {i}: {e:?}"))?;
+        stalled.push(c);
+    }
+    let (conns, ramp) = super::ramp(&o.target, o.clients - slow).await?;
     if o.listen_only {
         eprintln!("ramped");
     }
-    let stalled: Vec<Conn> = conns.drain(..slow).collect();
     let readers_n = conns.len() as u64;
     let progress = Arc::new(Progress {
         delivered: AtomicU64::new(0),
@@ -158,10 +190,16 @@ pub async fn run(o: Fanout, slow: usize) -> anyhow::Result<Report> {
             latencies.extend(seen.latencies_us);
         }
     }
-    let mut cut_4009 = 0;
+    let (mut cut_4009, mut dropped, mut still_open) = (0u64, 0u64, 0u64);
     for c in stalled {
-        cut_4009 += u64::from(drain_until_close(c).await == Some(4009));
+        match drain_until_close(c).await {
+            Stalled::Closed(4009) => cut_4009 += 1,
+            Stalled::Closed(_) | Stalled::Open => still_open += 1,
+            Stalled::Dropped => dropped += 1,
+        }
     }
+    let server_slow_closes =
+        server_metric(o.publisher.admin, "miteos_slow_consumer_closes_total ").await;
     let rate = received as f64 / elapsed.as_secs_f64();
     let cpu_per_million = cpu.map(|c| c.as_secs_f64() / (received as f64 / 1e6));
     let lat = latency(&latencies);
@@ -174,11 +212,14 @@ pub async fn run(o: Fanout, slow: usize) -> anyhow::Result<Report> {
         lines.push(format!("server CPU {c:.2} s per million deliveries"));
     }
     if slow > 0 {
-        lines.push(format!("{cut_4009} of {slow} stalled clients were closed with 4009"));
+        lines.push(format!(
+            "{slow} stalled clients: {cut_4009} read a 4009 close, {dropped} found the connection dropped (resumed after close_timeout), {still_open} never cut off; server counted {} slow-consumer closes",
+            server_slow_closes.map_or("?".into(), |v| v.to_string())
+        ));
     }
     Ok(Report {
         scenario: if slow > 0 { "slow" } else { "fanout" },
-        params: json!({"clients": o.clients, "slow": slow, "events": o.events, "size": o.size, "mode": o.mode, "window": o.window, "rate": o.rate, "redis": o.publisher.redis_url.is_some(), "listen_only": o.listen_only}),
+        params: json!({"clients": o.clients, "slow": slow, "slow_rcvbuf": slow_rcvbuf, "events": o.events, "size": o.size, "mode": o.mode, "window": o.window, "rate": o.rate, "redis": o.publisher.redis_url.is_some(), "listen_only": o.listen_only}),
         results: json!({
             "deliveries": received,
             "expected": total,
@@ -190,7 +231,10 @@ pub async fn run(o: Fanout, slow: usize) -> anyhow::Result<Report> {
             "deliveries_per_sec": rate.round(),
             "latency": lat,
             "server_cpu_secs_per_million": cpu_per_million,
-            "stalled_closed_4009": cut_4009,
+                        "stalled_closed_4009": cut_4009,
+            "stalled_dropped": dropped,
+            "stalled_never_cut": still_open,
+            "server_slow_consumer_closes": server_slow_closes,
             "ramp_secs": ramp.as_secs_f64(),
         }),
         lines,

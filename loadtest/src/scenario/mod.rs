@@ -20,8 +20,8 @@ use crate::{
 pub async fn run(cli: Cli) -> anyhow::Result<Report> {
     match cli.scenario {
         Scenario::Idle(o) => idle::run(o).await,
-        Scenario::Fanout(o) => fanout::run(o, 0).await,
-        Scenario::Slow(o) => fanout::run(o.fanout, o.slow).await,
+        Scenario::Fanout(o) => fanout::run(o, 0, 0).await,
+        Scenario::Slow(o) => fanout::run(o.fanout, o.slow, o.slow_rcvbuf).await,
         Scenario::Storm(o) => storm::run(o).await,
         Scenario::Churn(o) => churn::run(o).await,
     }
