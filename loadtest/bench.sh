@@ -20,6 +20,13 @@ if [ -z "$token" ]; then
   token=$(./target/release/miteos-stream --data-dir "$dir" "${extra[@]}" keys create --account acct_local \
     --env test --name bench --scopes tasks.read | grep -o '"key":"mt_test_sk_[A-Za-z0-9]*' | cut -d'"' -f4)
 fi
+if [ -n "${BENCH_SCOPES:-}" ]; then
+  # A key with only these scopes (e.g. tasks.read: one topic per socket), made with the API.
+  scopes=$(printf '"%s",' ${BENCH_SCOPES//,/ }); scopes="[${scopes%,}]"
+  token=$(curl -sf -X POST "http://$(grep -o 'listening on http://[0-9.:]*' "$dir/server.out" | head -1 | cut -d/ -f3)/v1/api-keys" \
+    -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+    -d "{\"name\":\"bench\",\"scopes\":$scopes}" | grep -o '"key":"mt_test_sk_[A-Za-z0-9]*' | cut -d'"' -f4)
+fi
 pub=()
 [ -n "${BENCH_REDIS_URL:-}" ] && [ "$scenario" != idle ] && [ "$scenario" != storm ] && [ "$scenario" != churn ] \
   && [ -z "${BENCH_PUBLISH_ADMIN:-}" ] && pub+=(--redis-url "$BENCH_REDIS_URL")

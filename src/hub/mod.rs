@@ -31,8 +31,8 @@ use crate::{
 pub const UNSUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
 
 /// One subscriber of one channel.
+/// One subscriber of one channel; the Outbox (compared by pointer) is its identity.
 struct Sub {
-    conn: ConnId,
     outbox: Arc<Outbox>,
     filter: Option<Arc<EventFilter>>,
 }
@@ -140,12 +140,11 @@ impl Hub {
 
     // === subscriptions ===
 
-    /// Adds (or updates the filter of) `conn` on `key`, subscribing the broker first if
-    /// this node had no subscriber yet. On a broker error nothing changes.
+    /// Adds (or updates the filter of) the session owning `outbox` on `key`, subscribing the
+    /// broker first if this node had no subscriber yet. On a broker error nothing changes.
     pub async fn subscribe(
         &self,
         key: &ChannelKey,
-        conn: ConnId,
         outbox: &Arc<Outbox>,
         filter: Option<Arc<EventFilter>>,
     ) -> Result<(), BrokerError> {
@@ -162,9 +161,9 @@ impl Hub {
             if let Some(current) = self.channels.get(key) {
                 if Arc::ptr_eq(&current, &ch) {
                     let mut subs = current.subs.lock();
-                    match subs.iter_mut().find(|s| s.conn == conn) {
+                    match subs.iter_mut().find(|s| Arc::ptr_eq(&s.outbox, outbox)) {
                         Some(s) => s.filter = filter,
-                        None => subs.push(Sub { conn, outbox: outbox.clone(), filter }),
+                        None => subs.push(Sub { outbox: outbox.clone(), filter }),
                     }
                     return Ok(());
                 }
@@ -173,13 +172,14 @@ impl Hub {
         }
     }
 
-    /// Removes `conn` from `key`; the last subscriber leaving schedules the dissolve.
-    pub fn unsubscribe(&self, key: &ChannelKey, conn: ConnId) {
+    /// Removes the session owning `outbox` from `key`; the last one leaving schedules the
+    /// dissolve.
+    pub fn unsubscribe(&self, key: &ChannelKey, outbox: &Arc<Outbox>) {
         let Some(ch) = self.channels.get(key).map(|c| c.clone()) else { return };
         let now_empty = {
             let mut subs = ch.subs.lock();
             let before = subs.len();
-            subs.retain(|s| s.conn != conn);
+            subs.retain(|s| !Arc::ptr_eq(&s.outbox, outbox));
             before != subs.len() && subs.is_empty()
         };
         if now_empty {

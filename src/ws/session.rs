@@ -36,6 +36,8 @@ struct Registration {
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     conn: ConnId,
+    /// The session's queue: its identity in the Hub's channel lists.
+    outbox: Arc<Outbox>,
     /// The session's channels: its environment and account, and the topics joined.
     env: Environment,
     account: AccountId,
@@ -51,7 +53,7 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         for topic in self.topics.iter() {
-            self.hub.unsubscribe(&self.key(topic), self.conn);
+            self.hub.unsubscribe(&self.key(topic), &self.outbox);
         }
         self.hub.deregister(self.conn);
         self.metrics.connections_open.dec();
@@ -112,6 +114,7 @@ where
         hub: state.hub.clone(),
         metrics: state.metrics.clone(),
         conn: conn_id,
+        outbox: outbox.clone(),
         env: principal.environment,
         account: principal.account.clone(),
         topics: TopicSet::default(),
@@ -348,7 +351,7 @@ impl Session {
             Err(e) => return self.send(e),
         };
         for topic in &topics {
-            self.state.hub.unsubscribe(&self.reg.key(*topic), self.reg.conn);
+            self.state.hub.unsubscribe(&self.reg.key(*topic), &self.outbox);
             self.reg.topics = self.reg.topics.without(*topic);
         }
         self.send(ServerMessage::Unsubscribed { channels: topics });
@@ -360,7 +363,7 @@ impl Session {
         filter: Option<Arc<EventFilter>>,
     ) -> Result<(), crate::broker::BrokerError> {
         let key = self.reg.key(topic);
-        self.state.hub.subscribe(&key, self.reg.conn, &self.outbox, filter).await?;
+        self.state.hub.subscribe(&key, &self.outbox, filter).await?;
         self.reg.topics = self.reg.topics.with(topic);
         Ok(())
     }
