@@ -52,14 +52,6 @@ pub struct Authenticator {
     touched: DashMap<KeyId, Instant>,
 }
 
-fn store_failed(e: crate::keys::StoreError) -> ApiError {
-    tracing::error!(error = %e, "key store failed");
-    match e {
-        crate::keys::StoreError::Unavailable(_) => ApiError::store_unavailable(),
-        _ => ApiError::internal(),
-    }
-}
-
 impl Authenticator {
     pub fn new(
         store: Arc<dyn KeyStore>,
@@ -124,9 +116,10 @@ impl Authenticator {
         let rec = match self.cache.get(&hash) {
             Some(rec) => rec,
             None => {
-                let rec = self.store.by_hash(&hash).await.map_err(store_failed)?;
+                let generation = self.cache.generation();
+                let rec = self.store.by_hash(&hash).await?;
                 let rec = Arc::new(rec.ok_or_else(ApiError::invalid_api_key)?);
-                self.cache.put(hash, rec.clone());
+                self.cache.put(hash, rec.clone(), generation);
                 rec
             }
         };
@@ -139,13 +132,12 @@ impl Authenticator {
         let invalid =
             || ApiError::invalid_api_key().with_message("Invalid, expired or already used ticket.");
         let (ticket, _env) = Token::parse_kind(ticket, TokenKind::Ticket).map_err(|_| invalid())?;
-        let rec =
-            self.tickets.take(&ticket.hash()).await.map_err(store_failed)?.ok_or_else(invalid)?;
+        let rec = self.tickets.take(&ticket.hash()).await?.ok_or_else(invalid)?;
         let now = OffsetDateTime::now_utc();
         if rec.expires_at <= now {
             return Err(invalid());
         }
-        let key = self.store.get(&rec.key_id).await.map_err(store_failed)?.ok_or_else(invalid)?;
+        let key = self.store.get(&rec.key_id).await?.ok_or_else(invalid)?;
         let principal = principal_for(&key, rec.secret, client, now)?;
         self.touch(&key).await;
         Ok(principal)

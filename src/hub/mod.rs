@@ -58,6 +58,10 @@ pub struct Hub {
     sessions: DashMap<ConnId, SessionEntry>,
     /// Secrets replaced by a rotation and still inside their grace period, with its end.
     retiring: DashMap<TokenHash, time::OffsetDateTime>,
+    /// Keys revoked and secrets retired lately: a session that authenticated just before the
+    /// control message but registers just after it is still closed (see `register`).
+    revoked: DashMap<KeyId, std::time::Instant>,
+    retired: DashMap<TokenHash, std::time::Instant>,
     /// Verified keys, forgotten by the control messages handled here.
     cache: Arc<KeyCache>,
     /// Signalled after a broker gap (control messages may have been missed).
@@ -65,6 +69,18 @@ pub struct Hub {
     /// When a malformed message was last logged per channel (at most once a minute).
     malformed_logged: DashMap<String, std::time::Instant>,
     metrics: Arc<Metrics>,
+}
+
+/// How long a revocation or retirement is remembered for sessions still registering.
+const TOMBSTONE_TTL: Duration = Duration::from_secs(300);
+
+/// Remembers `key` as dead for `TOMBSTONE_TTL`, dropping older tombstones as it goes.
+fn tombstone<K: std::hash::Hash + Eq>(map: &DashMap<K, std::time::Instant>, key: K) {
+    let now = std::time::Instant::now();
+    if map.len() >= 1024 {
+        map.retain(|_, at| now.duration_since(*at) < TOMBSTONE_TTL);
+    }
+    map.insert(key, now);
 }
 
 /// How often a channel's malformed producer messages may be logged.
@@ -85,6 +101,8 @@ impl Hub {
                 channels: DashMap::new(),
                 sessions: DashMap::new(),
                 retiring: DashMap::new(),
+                revoked: DashMap::new(),
+                retired: DashMap::new(),
                 cache,
                 gap: tokio::sync::Notify::new(),
                 malformed_logged: DashMap::new(),
@@ -99,8 +117,15 @@ impl Hub {
 
     // === sessions ===
 
+    /// Registers a session; one whose key was revoked (or secret retired) in the meantime is
+    /// asked to close at once. (Registration is written before the tombstones are read, and
+    /// revocation writes its tombstone before scanning sessions: one of the two sees the other.)
     pub fn register(&self, conn: ConnId, entry: SessionEntry) {
+        let (outbox, key, secret) = (entry.outbox.clone(), entry.key_id.clone(), entry.secret);
         self.sessions.insert(conn, entry);
+        if self.revoked.contains_key(&key) || self.retired.contains_key(&secret) {
+            outbox.close(CloseCode::KeyRevoked);
+        }
     }
 
     pub fn deregister(&self, conn: ConnId) {
@@ -150,14 +175,18 @@ impl Hub {
     ) -> Result<(), BrokerError> {
         loop {
             let ch = self.channels.entry(key.clone()).or_default().clone();
-            {
-                let mut at_broker = ch.at_broker.lock().await;
-                if !*at_broker {
-                    self.broker.subscribe(key).await?;
-                    *at_broker = true;
+            // The broker state and the subscriber list change together under the channel's
+            // lock, so `dissolve` (which holds it too) sees either both or neither.
+            let mut at_broker = ch.at_broker.lock().await;
+            if !*at_broker {
+                if let Err(e) = self.broker.subscribe(key).await {
+                    drop(at_broker);
+                    self.schedule_dissolve(key.clone()); // drop the empty channel we made
+                    return Err(e);
                 }
+                *at_broker = true;
             }
-            // Add under the map guard, so a concurrent dissolve cannot orphan the channel.
+            // Add under the map guard too, so the channel cannot be removed in between.
             if let Some(current) = self.channels.get(key) {
                 if Arc::ptr_eq(&current, &ch) {
                     let mut subs = current.subs.lock();
@@ -168,7 +197,7 @@ impl Hub {
                     return Ok(());
                 }
             }
-            // The channel was dissolved meanwhile: start again with a fresh one.
+            // The channel was dissolved while we waited for its lock: start again.
         }
     }
 
@@ -201,17 +230,20 @@ impl Hub {
     /// Drops a channel that is still empty and unsubscribes the broker.
     async fn dissolve(&self, key: &ChannelKey) {
         let Some(ch) = self.channels.get(key).map(|c| c.clone()) else { return };
+        // Under the channel's lock: no subscriber can join or subscribe the broker meanwhile.
         let mut at_broker = ch.at_broker.lock().await;
-        let removed = self
-            .channels
-            .remove_if(key, |_, c| Arc::ptr_eq(c, &ch) && c.subs.lock().is_empty())
-            .is_some();
-        if removed && *at_broker {
+        if !ch.subs.lock().is_empty() {
+            return;
+        }
+        if *at_broker {
+            // Unsubscribe while the channel is still in the map, so a newcomer waits for this
+            // lock instead of racing a SUBSCRIBE against this UNSUBSCRIBE.
             if let Err(e) = self.broker.unsubscribe(key).await {
                 tracing::warn!(channel = %key, error = %e, "broker unsubscribe failed");
             }
             *at_broker = false;
         }
+        self.channels.remove_if(key, |_, c| Arc::ptr_eq(c, &ch) && c.subs.lock().is_empty());
     }
 
     /// Channels with at least one local subscriber or not yet dissolved (for tests).
@@ -226,6 +258,7 @@ impl Hub {
         match msg {
             ControlMessage::Revoke { key_id } => {
                 self.cache.invalidate(&key_id);
+                tombstone(&self.revoked, key_id.clone());
                 let n = self.close_key(&key_id, None, CloseCode::KeyRevoked);
                 tracing::info!(key_id = %key_id, closed = n, "key revoked");
             }
@@ -269,6 +302,7 @@ impl Hub {
         let rt = match tokio::runtime::Handle::try_current() {
             Ok(rt) if !left.is_zero() => rt,
             _ => {
+                tombstone(&self.retired, secret);
                 let n = self.close_key(&key_id, Some(&secret), CloseCode::KeyRevoked);
                 tracing::info!(key_id = %key_id, closed = n, "rotated secret retired");
                 return;
@@ -280,6 +314,7 @@ impl Hub {
             tokio::time::sleep(left).await;
             if let Some(hub) = me.upgrade() {
                 hub.retiring.remove(&secret);
+                tombstone(&hub.retired, secret);
                 let n = hub.close_key(&key_id, Some(&secret), CloseCode::KeyRevoked);
                 tracing::info!(key_id = %key_id, closed = n, "rotated secret retired");
             }
@@ -326,5 +361,132 @@ impl Deliver for Hub {
                 self.gap.notify_one();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        broker::codec,
+        ids::AccountId,
+        keys::cache::KeyCache,
+        scope::{Environment, Topic},
+    };
+    use bytes::Bytes;
+    use std::collections::HashSet;
+
+    /// A broker that records its subscriptions and is slow to unsubscribe (widening races).
+    #[derive(Default)]
+    struct Recording {
+        desired: Mutex<HashSet<ChannelKey>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Broker for Recording {
+        async fn subscribe(&self, ch: &ChannelKey) -> Result<(), BrokerError> {
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            self.desired.lock().insert(ch.clone());
+            Ok(())
+        }
+        async fn unsubscribe(&self, ch: &ChannelKey) -> Result<(), BrokerError> {
+            tokio::time::sleep(Duration::from_millis(7)).await;
+            self.desired.lock().remove(ch);
+            Ok(())
+        }
+        async fn publish(&self, _: &ChannelKey, _: Bytes) -> Result<(), BrokerError> {
+            Ok(())
+        }
+        async fn publish_control(&self, _: &ControlMessage) -> Result<(), BrokerError> {
+            Ok(())
+        }
+        async fn ping(&self) -> Result<(), BrokerError> {
+            Ok(())
+        }
+    }
+
+    fn hub() -> (Arc<Hub>, Arc<Recording>) {
+        let rec = Arc::new(Recording::default());
+        let r = rec.clone();
+        let cache = Arc::new(KeyCache::new(10, Duration::from_secs(1)));
+        (Hub::new(Arc::new(Metrics::new()), cache, move |_| r), rec)
+    }
+
+    fn key() -> ChannelKey {
+        ChannelKey::new(Environment::Live, AccountId::parse("a").unwrap(), Topic::Tasks)
+    }
+
+    fn event() -> Delivery {
+        let event = codec::decode(Topic::Tasks, br#"{"event":"e"}"#, 1024).unwrap();
+        Delivery::Event { channel: key(), event }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subscriber_arriving_during_a_dissolve_stays_subscribed_at_the_broker() {
+        for offset_ms in 0..20u64 {
+            let (hub, broker) = hub();
+            let first = Arc::new(Outbox::new(8));
+            hub.subscribe(&key(), &first, None).await.unwrap();
+            hub.unsubscribe(&key(), &first); // dissolve fires in UNSUBSCRIBE_DELAY
+            tokio::time::sleep(
+                UNSUBSCRIBE_DELAY + Duration::from_millis(offset_ms) - Duration::from_millis(10),
+            )
+            .await;
+            let second = Arc::new(Outbox::new(8));
+            hub.subscribe(&key(), &second, None).await.unwrap();
+            tokio::time::sleep(UNSUBSCRIBE_DELAY * 2).await; // let every timer run
+            assert!(
+                broker.desired.lock().contains(&key()),
+                "offset {offset_ms} ms: broker unsubscribed a live channel"
+            );
+            hub.deliver(event());
+            assert_eq!(second.len(), 1, "offset {offset_ms} ms: the event was not delivered");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_last_subscriber_leaving_unsubscribes_the_broker() {
+        let (hub, broker) = hub();
+        let o = Arc::new(Outbox::new(8));
+        hub.subscribe(&key(), &o, None).await.unwrap();
+        hub.unsubscribe(&key(), &o);
+        tokio::time::sleep(UNSUBSCRIBE_DELAY * 2).await;
+        assert!(broker.desired.lock().is_empty());
+        assert_eq!(hub.channel_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_session_registering_after_its_keys_revocation_is_closed() {
+        let (hub, _) = hub();
+        let key_id = KeyId::generate();
+        hub.apply(ControlMessage::Revoke { key_id: key_id.clone() });
+        let outbox = Arc::new(Outbox::new(8));
+        hub.register(
+            ConnId::generate(),
+            SessionEntry { key_id, secret: TokenHash::of("s"), outbox: outbox.clone() },
+        );
+        assert_eq!(outbox.close_requested(), Some(CloseCode::KeyRevoked));
+        let other = Arc::new(Outbox::new(8));
+        hub.register(
+            ConnId::generate(),
+            SessionEntry {
+                key_id: KeyId::generate(),
+                secret: TokenHash::of("t"),
+                outbox: other.clone(),
+            },
+        );
+        assert_eq!(other.close_requested(), None);
+        let retired = TokenHash::of("old");
+        hub.apply(ControlMessage::Retire {
+            key_id: KeyId::generate(),
+            secret: retired,
+            at: time::OffsetDateTime::now_utc(),
+        });
+        let late = Arc::new(Outbox::new(8));
+        hub.register(
+            ConnId::generate(),
+            SessionEntry { key_id: KeyId::generate(), secret: retired, outbox: late.clone() },
+        );
+        assert_eq!(late.close_requested(), Some(CloseCode::KeyRevoked));
     }
 }

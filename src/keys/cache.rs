@@ -6,7 +6,10 @@
 //! the store; brute force is the rate limiter's job).
 
 use std::{
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -19,11 +22,19 @@ pub struct KeyCache {
     map: DashMap<TokenHash, (Arc<KeyRecord>, Instant)>,
     max_entries: usize,
     max_age: Duration,
+    /// Bumped by every invalidation: a record read from the store before an invalidation
+    /// must not be cached after it (it may be the revoked one).
+    generation: AtomicU64,
 }
 
 impl KeyCache {
     pub fn new(max_entries: usize, max_age: Duration) -> Self {
-        Self { map: DashMap::new(), max_entries, max_age }
+        Self { map: DashMap::new(), max_entries, max_age, generation: AtomicU64::new(0) }
+    }
+
+    /// Read before a store lookup and pass to `put`.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// A record cached less than `max_age` ago.
@@ -32,7 +43,9 @@ impl KeyCache {
         (hit.1.elapsed() < self.max_age).then(|| hit.0.clone())
     }
 
-    pub fn put(&self, hash: TokenHash, rec: Arc<KeyRecord>) {
+    /// Caches a record read from the store when the cache was at `generation`; does nothing
+    /// if an invalidation happened since.
+    pub fn put(&self, hash: TokenHash, rec: Arc<KeyRecord>, generation: u64) {
         if self.max_entries == 0 || self.max_age.is_zero() {
             return;
         }
@@ -44,14 +57,20 @@ impl KeyCache {
             }
         }
         self.map.insert(hash, (rec, Instant::now()));
+        // An invalidation that raced the insert removes nothing it should have: undo.
+        if self.generation() != generation {
+            self.map.remove(&hash);
+        }
     }
 
     /// Forgets every secret of `key_id`.
     pub fn invalidate(&self, key_id: &KeyId) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.map.retain(|_, (rec, _)| rec.id != *key_id);
     }
 
     pub fn clear(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.map.clear();
     }
 
@@ -90,27 +109,39 @@ mod tests {
     fn invalidation_drops_every_secret_of_the_key() {
         let c = KeyCache::new(10, Duration::from_secs(60));
         let (a, b) = (KeyId::generate(), KeyId::generate());
-        c.put(TokenHash::of("a1"), rec(&a));
-        c.put(TokenHash::of("a2"), rec(&a));
-        c.put(TokenHash::of("b1"), rec(&b));
+        c.put(TokenHash::of("a1"), rec(&a), 0);
+        c.put(TokenHash::of("a2"), rec(&a), 0);
+        c.put(TokenHash::of("b1"), rec(&b), 0);
         c.invalidate(&a);
         assert!(c.get(&TokenHash::of("a1")).is_none() && c.get(&TokenHash::of("a2")).is_none());
         assert!(c.get(&TokenHash::of("b1")).is_some());
     }
 
     #[test]
+    fn a_record_read_before_an_invalidation_is_not_cached_after_it() {
+        let c = KeyCache::new(10, Duration::from_secs(60));
+        let k = KeyId::generate();
+        let seen = c.generation();
+        c.invalidate(&k); // the revocation lands while the store read is in flight
+        c.put(TokenHash::of("k"), rec(&k), seen);
+        assert!(c.get(&TokenHash::of("k")).is_none());
+        c.put(TokenHash::of("k"), rec(&k), c.generation());
+        assert!(c.get(&TokenHash::of("k")).is_some());
+    }
+
+    #[test]
     fn size_and_age_are_bounded() {
         let c = KeyCache::new(100, Duration::from_secs(60));
         for i in 0..10_000 {
-            c.put(TokenHash::of(&i.to_string()), rec(&KeyId::generate()));
+            c.put(TokenHash::of(&i.to_string()), rec(&KeyId::generate()), 0);
             assert!(c.len() <= 100);
         }
         let old = KeyCache::new(100, Duration::from_millis(1));
-        old.put(TokenHash::of("x"), rec(&KeyId::generate()));
+        old.put(TokenHash::of("x"), rec(&KeyId::generate()), 0);
         std::thread::sleep(Duration::from_millis(5)); // age is the thing under test
         assert!(old.get(&TokenHash::of("x")).is_none());
         let off = KeyCache::new(0, Duration::from_secs(60));
-        off.put(TokenHash::of("x"), rec(&KeyId::generate()));
+        off.put(TokenHash::of("x"), rec(&KeyId::generate()), 0);
         assert!(off.is_empty());
     }
 }

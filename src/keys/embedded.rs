@@ -14,7 +14,7 @@ use redb::{
     TableDefinition,
 };
 
-use super::{KeyRecord, KeyStore, StoreError};
+use super::{Change, KeyRecord, KeyStore, StoreError};
 use crate::{
     ids::{AccountId, KeyId},
     scope::Environment,
@@ -171,19 +171,22 @@ impl KeyStore for EmbeddedKeyStore {
         .await
     }
 
-    async fn update(&self, rec: &KeyRecord) -> Result<(), StoreError> {
-        let rec = rec.clone();
+    async fn modify(&self, id: &KeyId, change: Change) -> Result<KeyRecord, StoreError> {
+        let id = id.clone();
+        // One write transaction: redb serialises writers, so the change sees the latest record.
         self.blocking(move |s| {
             s.write(|tx| {
                 let old = {
                     let keys = tx.open_table(KEYS).map_err(unavailable)?;
-                    let raw = keys
-                        .get(rec.id.as_str())
-                        .map_err(unavailable)?
-                        .ok_or(StoreError::NotFound)?;
+                    let raw =
+                        keys.get(id.as_str()).map_err(unavailable)?.ok_or(StoreError::NotFound)?;
                     decode(raw.value())?
                 };
-                Self::put(tx, &rec, Some(&old))
+                let mut new = old.clone();
+                if change(&mut new) {
+                    Self::put(tx, &new, Some(&old))?;
+                }
+                Ok(new)
             })
         })
         .await

@@ -91,6 +91,9 @@ pub struct KeyView<'a> {
     pub redacted: &'a str,
 }
 
+/// A change for `KeyStore::modify`; may run several times, always on a fresh record.
+pub type Change = std::sync::Arc<dyn Fn(&mut KeyRecord) -> bool + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("the key store at {0} is in use by another process (is a server running? stop it, or use the HTTP API)")]
@@ -101,6 +104,32 @@ pub enum StoreError {
     Corrupt(String),
     #[error("no such key")]
     NotFound,
+    #[error("the key is revoked")]
+    Revoked,
+    #[error("the record kept changing under concurrent writers; retry")]
+    Contended,
+}
+
+impl From<StoreError> for crate::error::ApiError {
+    /// The one mapping of store failures to API errors (logged here, once).
+    fn from(e: StoreError) -> Self {
+        use crate::error::ApiError;
+        match e {
+            StoreError::NotFound => ApiError::resource_missing("API key"),
+            StoreError::Revoked => {
+                ApiError::invalid_param("id", "A revoked key cannot be rotated.")
+                    .with_code("key_revoked")
+            }
+            StoreError::Unavailable(_) | StoreError::Contended => {
+                tracing::error!(error = %e, "key store unavailable");
+                ApiError::store_unavailable()
+            }
+            StoreError::Locked(_) | StoreError::Corrupt(_) => {
+                tracing::error!(error = %e, "key store failed");
+                ApiError::internal()
+            }
+        }
+    }
 }
 
 /// Where key records live. Control-plane only: a boxed future per call is fine.
@@ -119,8 +148,10 @@ pub trait KeyStore: Send + Sync + 'static {
         account: &AccountId,
         env: Option<Environment>,
     ) -> Result<Vec<KeyRecord>, StoreError>;
-    /// Replaces an existing record; hashes no longer in `rec.secrets` stop resolving.
-    async fn update(&self, rec: &KeyRecord) -> Result<(), StoreError>;
+    /// Changes one record atomically: `change` runs on the freshest copy (more than once if
+    /// another writer got there first) and returns whether to write. Hashes no longer in
+    /// `secrets` stop resolving. Returns the record as stored afterwards.
+    async fn modify(&self, id: &KeyId, change: Change) -> Result<KeyRecord, StoreError>;
     /// Sets only `last_used_at` (never overwrites a concurrent revoke or rotate).
     async fn touch(&self, id: &KeyId, at: OffsetDateTime) -> Result<(), StoreError>;
     /// Answers when the store is usable (`/readyz`).

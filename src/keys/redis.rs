@@ -12,7 +12,7 @@ use std::sync::Arc;
 use redis::AsyncCommands;
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
-use super::{KeyRecord, KeyStore, StoreError};
+use super::{Change, KeyRecord, KeyStore, StoreError};
 use crate::{
     ids::{AccountId, KeyId},
     redis_link::RedisLink,
@@ -41,11 +41,26 @@ fn unavailable(e: redis::RedisError) -> StoreError {
 
 pub struct RedisKeyStore {
     link: Arc<RedisLink>,
+    cas: redis::Script,
 }
+
+/// Compare-and-set of a record: KEYS[1] the record, then the hash keys to delete, then the
+/// hash keys to point at the id; ARGV: expected JSON, new JSON, id, number of deletions.
+const CAS: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+local deletions = tonumber(ARGV[4])
+for i = 2, 1 + deletions do redis.call('DEL', KEYS[i]) end
+for i = 2 + deletions, #KEYS do redis.call('SET', KEYS[i], ARGV[3]) end
+return 1
+";
+
+/// How often `modify` retries under contention before giving up.
+const MODIFY_ATTEMPTS: usize = 16;
 
 impl RedisKeyStore {
     pub fn new(link: Arc<RedisLink>) -> Self {
-        Self { link }
+        Self { link, cas: redis::Script::new(CAS) }
     }
 
     async fn conn(&self) -> Result<redis::aio::ConnectionManager, StoreError> {
@@ -77,13 +92,11 @@ impl RedisKeyStore {
         serde_json::to_string(rec).map_err(|e| StoreError::Corrupt(e.to_string()))
     }
 
-    async fn write(&self, rec: &KeyRecord, removed: &[TokenHash]) -> Result<(), StoreError> {
+    /// Writes a new record and its indexes in one MULTI/EXEC.
+    async fn write(&self, rec: &KeyRecord) -> Result<(), StoreError> {
         let json = Self::encode(rec)?;
         let mut p = redis::pipe();
         p.atomic().set(key_of(rec.id.as_str()), json).ignore();
-        for h in removed {
-            p.del(hash_of(h)).ignore();
-        }
         for s in &rec.secrets {
             p.set(hash_of(&s.hash), rec.id.as_str()).ignore();
         }
@@ -96,7 +109,7 @@ impl RedisKeyStore {
 #[async_trait::async_trait]
 impl KeyStore for RedisKeyStore {
     async fn insert(&self, rec: &KeyRecord) -> Result<(), StoreError> {
-        self.write(rec, &[]).await
+        self.write(rec).await
     }
 
     async fn insert_first(&self, rec: &KeyRecord) -> Result<bool, StoreError> {
@@ -110,7 +123,7 @@ impl KeyStore for RedisKeyStore {
             .map_err(unavailable)?
             .is_some();
         if first {
-            self.write(rec, &[]).await?;
+            self.write(rec).await?;
         }
         Ok(first)
     }
@@ -156,15 +169,44 @@ impl KeyStore for RedisKeyStore {
         Ok(out)
     }
 
-    async fn update(&self, rec: &KeyRecord) -> Result<(), StoreError> {
-        let old = self.load(rec.id.as_str()).await?.ok_or(StoreError::NotFound)?;
-        let removed: Vec<TokenHash> = old
-            .secrets
-            .iter()
-            .map(|s| s.hash)
-            .filter(|h| !rec.secrets.iter().any(|n| n.hash == *h))
-            .collect();
-        self.write(rec, &removed).await
+    async fn modify(&self, id: &KeyId, change: Change) -> Result<KeyRecord, StoreError> {
+        // Optimistic: read, change, then compare-and-set the JSON in one script; retry if
+        // another writer changed the record in between.
+        for _ in 0..MODIFY_ATTEMPTS {
+            let mut c = self.conn().await?;
+            let (raw, used): (Option<String>, Option<String>) = redis::pipe()
+                .get(key_of(id.as_str()))
+                .get(used_of(id.as_str()))
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            let raw = raw.ok_or(StoreError::NotFound)?;
+            let old = Self::decode(&raw, used)?;
+            let mut new = old.clone();
+            if !change(&mut new) {
+                return Ok(new);
+            }
+            let removed: Vec<String> = old
+                .secrets
+                .iter()
+                .filter(|s| !new.secrets.iter().any(|n| n.hash == s.hash))
+                .map(|s| hash_of(&s.hash))
+                .collect();
+            let mut inv = self.cas.prepare_invoke();
+            inv.key(key_of(id.as_str()));
+            for k in &removed {
+                inv.key(k);
+            }
+            for s in &new.secrets {
+                inv.key(hash_of(&s.hash));
+            }
+            inv.arg(&raw).arg(Self::encode(&new)?).arg(id.as_str()).arg(removed.len());
+            let swapped: i64 = inv.invoke_async(&mut c).await.map_err(unavailable)?;
+            if swapped == 1 {
+                return Ok(new);
+            }
+        }
+        Err(StoreError::Contended)
     }
 
     async fn touch(&self, id: &KeyId, at: OffsetDateTime) -> Result<(), StoreError> {

@@ -22,6 +22,10 @@ use crate::{
 /// The longest grace period a rotation may give the old secret: 7 days.
 pub const MAX_GRACE_SECONDS: u64 = 7 * 24 * 3600;
 
+/// How long a retired secret stays in its record after its grace ended (so it answers
+/// `expired_api_key` rather than `invalid_api_key`), before a later rotation drops it.
+const RETIRED_KEPT: time::Duration = time::Duration::days(1);
+
 /// What a caller asks for when creating a key over the API (account and environment are
 /// always the caller's own).
 #[derive(Debug, Clone)]
@@ -31,20 +35,6 @@ pub struct CreateRequest {
     pub scopes: Vec<Scope>,
     pub ip_allowlist: Vec<IpNet>,
     pub expires_at: Option<OffsetDateTime>,
-}
-
-fn store_error(e: StoreError) -> ApiError {
-    match e {
-        StoreError::NotFound => ApiError::resource_missing("API key"),
-        StoreError::Unavailable(e) => {
-            tracing::error!(error = %e, "key store unavailable");
-            ApiError::store_unavailable()
-        }
-        other => {
-            tracing::error!(error = %other, "key store failed");
-            ApiError::internal()
-        }
-    }
 }
 
 /// The first of `wanted` the caller does not hold: minting it would be an escalation.
@@ -179,17 +169,17 @@ impl KeyService {
             ip_allowlist: req.ip_allowlist,
             expires_at: req.expires_at,
         };
-        self.create(new).await.map_err(store_error)
+        Ok(self.create(new).await?)
     }
 
     pub async fn list_for(&self, caller: &Principal) -> Result<Vec<KeyRecord>, ApiError> {
-        self.store.list(&caller.account, Some(caller.environment)).await.map_err(store_error)
+        Ok(self.store.list(&caller.account, Some(caller.environment)).await?)
     }
 
     /// A key of the caller's own account and environment; anything else is 404, exactly
     /// like a key that does not exist.
     pub async fn get_for(&self, caller: &Principal, id: &KeyId) -> Result<KeyRecord, ApiError> {
-        match self.store.get(id).await.map_err(store_error)? {
+        match self.store.get(id).await? {
             Some(rec)
                 if rec.account_id == caller.account && rec.environment == caller.environment =>
             {
@@ -201,7 +191,7 @@ impl KeyService {
 
     pub async fn revoke_for(&self, caller: &Principal, id: &KeyId) -> Result<KeyRecord, ApiError> {
         self.get_for(caller, id).await?;
-        self.revoke(id).await.map_err(store_error)
+        Ok(self.revoke(id).await?)
     }
 
     /// Rotates a key the caller could have minted itself (no escalation through rotation).
@@ -216,54 +206,75 @@ impl KeyService {
             return Err(ApiError::scope_escalation(scope.as_str()));
         }
         if rec.revoked_at.is_some() {
-            return Err(ApiError::invalid_param("id", "A revoked key cannot be rotated.")
-                .with_code("key_revoked"));
+            return Err(StoreError::Revoked.into());
         }
-        self.rotate(id, grace_seconds).await.map_err(store_error)
+        Ok(self.rotate(id, grace_seconds).await?)
     }
 
     /// Issues a new secret for the key (same id). The old secret keeps working for
     /// `grace_seconds` (0 = stops now); then its streams are closed on every node.
+    /// Atomic against a concurrent revoke or rotate: a revoked key is never rotated back
+    /// to life, and two rotations never lose a secret they handed out.
     pub async fn rotate(&self, id: &KeyId, grace_seconds: u64) -> Result<Created, StoreError> {
-        let mut rec = self.store.get(id).await?.ok_or(StoreError::NotFound)?;
-        let now = OffsetDateTime::now_utc();
-        let retire_at = now + time::Duration::seconds(grace_seconds.min(MAX_GRACE_SECONDS) as i64);
-        let token = Token::generate(rec.environment);
-        // The current secret retires at `retire_at`; older ones still in their own grace keep
-        // it, but never outlive the newer one. Every retiring secret is announced.
-        let mut secrets = vec![Secret { hash: token.hash(), retires_at: None }];
-        let mut retiring = Vec::new();
-        for s in &rec.secrets {
-            let at = s.retires_at.map_or(retire_at, |t| t.min(retire_at));
-            if s.retires_at.is_none_or(|t| t > now) {
-                retiring.push(ControlMessage::Retire {
-                    key_id: rec.id.clone(),
-                    secret: s.hash,
-                    at,
-                });
-            }
-            if at > now {
-                secrets.push(Secret { hash: s.hash, retires_at: Some(at) });
-            }
+        let env = self.store.get(id).await?.ok_or(StoreError::NotFound)?.environment;
+        let token = Token::generate(env);
+        let (hash, redacted) = (token.hash(), token.redacted());
+        let grace = time::Duration::seconds(grace_seconds.min(MAX_GRACE_SECONDS) as i64);
+        let rec = self
+            .store
+            .modify(
+                id,
+                Arc::new(move |r| {
+                    if r.revoked_at.is_some() {
+                        return false;
+                    }
+                    let now = OffsetDateTime::now_utc();
+                    let retire_at = now + grace;
+                    // The current secret retires at `retire_at`; older ones keep their own
+                    // grace but never outlive the newer one. Retired secrets stay listed a
+                    // little while (they answer `expired_api_key`), then are dropped.
+                    let mut secrets = vec![Secret { hash, retires_at: None }];
+                    for s in r.secrets.iter().filter(|s| s.hash != hash) {
+                        let at = s.retires_at.map_or(retire_at, |t| t.min(retire_at));
+                        if at > now - RETIRED_KEPT {
+                            secrets.push(Secret { hash: s.hash, retires_at: Some(at) });
+                        }
+                    }
+                    r.secrets = secrets;
+                    r.redacted = redacted.clone();
+                    true
+                }),
+            )
+            .await?;
+        if rec.revoked_at.is_some() {
+            return Err(StoreError::Revoked);
         }
-        rec.secrets = secrets;
-        rec.redacted = token.redacted();
-        self.store.update(&rec).await?;
-        for msg in &retiring {
-            if let Err(e) = self.broker.publish_control(msg).await {
+        // Announce every retiring secret (already-due ones close at once on every node).
+        for s in rec.secrets.iter().skip(1) {
+            let Some(at) = s.retires_at else { continue };
+            let msg = ControlMessage::Retire { key_id: rec.id.clone(), secret: s.hash, at };
+            if let Err(e) = self.broker.publish_control(&msg).await {
                 tracing::warn!(key_id = %rec.id, error = %e, "rotation stored but not announced to other nodes");
             }
         }
         Ok(Created { record: rec, token })
     }
 
-    /// Marks the key revoked (idempotent) and tells every node to close its streams.
+    /// Marks the key revoked (idempotent, atomic) and tells every node to close its streams.
     pub async fn revoke(&self, id: &KeyId) -> Result<KeyRecord, StoreError> {
-        let mut rec = self.store.get(id).await?.ok_or(StoreError::NotFound)?;
-        if rec.revoked_at.is_none() {
-            rec.revoked_at = Some(OffsetDateTime::now_utc());
-            self.store.update(&rec).await?;
-        }
+        let rec = self
+            .store
+            .modify(
+                id,
+                Arc::new(|r| {
+                    let first = r.revoked_at.is_none();
+                    if first {
+                        r.revoked_at = Some(OffsetDateTime::now_utc());
+                    }
+                    first
+                }),
+            )
+            .await?;
         // Announce even when already revoked: a node that missed it closes the streams now.
         if let Err(e) =
             self.broker.publish_control(&ControlMessage::Revoke { key_id: rec.id.clone() }).await

@@ -131,3 +131,26 @@ async fn rotation_without_grace_cuts_the_old_secret_at_once() {
     assert_eq!(r.status, 400);
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_rotation_racing_a_revocation_never_revives_the_key() {
+    let s = TestServer::start().await;
+    for _ in 0..20 {
+        let (old, id) = s.key("acct_local", Environment::Test, &[Scope::TasksRead]).await;
+        let id = miteos_stream::ids::KeyId::from_string(id);
+        let (keys_a, keys_b, id_a, id_b) =
+            (s.state.keys.clone(), s.state.keys.clone(), id.clone(), id.clone());
+        let rotate = tokio::spawn(async move { keys_a.rotate(&id_a, 0).await });
+        let revoke = tokio::spawn(async move { keys_b.revoke(&id_b).await });
+        let rotated = rotate.await.unwrap();
+        revoke.await.unwrap().unwrap();
+        let rec = s.state.keys.get(&id).await.unwrap().unwrap();
+        assert!(rec.revoked_at.is_some(), "the revocation stands whatever the order");
+        for secret in std::iter::once(old).chain(rotated.ok().map(|c| c.token.expose().to_owned()))
+        {
+            let r = WsClient::try_connect(&s.ws_url(&secret)).await.err().expect("refused");
+            assert_eq!(r.status, 401);
+        }
+    }
+    s.shutdown().await;
+}

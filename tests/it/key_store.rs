@@ -57,16 +57,65 @@ pub async fn conformance(store: Arc<dyn KeyStore>) {
     let live = store.list(&a, Some(Environment::Live)).await.unwrap();
     assert_eq!(live.iter().map(|r| &r.id).collect::<Vec<_>>(), vec![&first.id, &second.id]);
 
-    // update: a replaced secret stops resolving, a new one starts, fields persist.
-    let mut rotated = first.clone();
+    // modify: a replaced secret stops resolving, a new one starts, fields persist.
     let new_token = Token::generate(Environment::Live);
-    rotated.secrets = vec![Secret { hash: new_token.hash(), retires_at: None }];
-    rotated.revoked_at = Some(OffsetDateTime::now_utc());
-    store.update(&rotated).await.unwrap();
+    let new_hash = new_token.hash();
+    let revoked_at = OffsetDateTime::now_utc();
+    let rotated = store
+        .modify(
+            &first.id,
+            Arc::new(move |r| {
+                r.secrets = vec![Secret { hash: new_hash, retires_at: None }];
+                r.revoked_at = Some(revoked_at);
+                true
+            }),
+        )
+        .await
+        .unwrap();
     assert_eq!(store.by_hash(&first_token.hash()).await.unwrap(), None);
     assert_eq!(store.by_hash(&new_token.hash()).await.unwrap(), Some(rotated.clone()));
+    // A change that declines to write leaves the record as it was.
+    let same = store
+        .modify(
+            &first.id,
+            Arc::new(|r| {
+                r.name = "ignored".into();
+                false
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.get(&first.id).await.unwrap().unwrap().name, "k");
+    assert_eq!(same.name, "ignored", "the caller sees its declined change, the store does not");
     let (ghost, _) = record("acct_a", Environment::Live);
-    assert!(matches!(store.update(&ghost).await, Err(StoreError::NotFound)));
+    assert!(matches!(store.modify(&ghost.id, Arc::new(|_| true)).await, Err(StoreError::NotFound)));
+
+    // Concurrent modifications never lose each other's writes.
+    let (shared, _) = record("acct_c", Environment::Test);
+    store.insert(&shared).await.unwrap();
+    let writers = (0..16).map(|_| {
+        let (store, id) = (store.clone(), shared.id.clone());
+        tokio::spawn(async move {
+            let hash = Token::generate(Environment::Test).hash();
+            store
+                .modify(
+                    &id,
+                    Arc::new(move |r| {
+                        r.secrets.push(Secret { hash, retires_at: None });
+                        true
+                    }),
+                )
+                .await
+                .map(|_| hash)
+        })
+    });
+    let hashes: Vec<_> =
+        futures::future::join_all(writers).await.into_iter().map(|r| r.unwrap().unwrap()).collect();
+    let after = store.get(&shared.id).await.unwrap().unwrap();
+    assert_eq!(after.secrets.len(), 17, "every concurrent write kept");
+    for h in hashes {
+        assert_eq!(store.by_hash(&h).await.unwrap().map(|r| r.id), Some(shared.id.clone()));
+    }
 }
 
 #[tokio::test]

@@ -211,9 +211,16 @@ async fn a_revocation_missed_during_a_broker_gap_is_applied_after_reconnecting()
     // Revoke in the store only, as if the control message had been lost.
     let store = RedisKeyStore::new(std::sync::Arc::new(RedisLink::new(&redis.url()).unwrap()));
     let id = miteos_stream::ids::KeyId::from_string(id);
-    let mut rec = store.get(&id).await.unwrap().unwrap();
-    rec.revoked_at = Some(time::OffsetDateTime::now_utc());
-    store.update(&rec).await.unwrap();
+    store
+        .modify(
+            &id,
+            std::sync::Arc::new(|r| {
+                r.revoked_at = Some(time::OffsetDateTime::now_utc());
+                true
+            }),
+        )
+        .await
+        .unwrap();
     c.send(json!({"type": "ping"})).await;
     assert_eq!(c.recv().await["type"], "pong", "nothing told the node yet");
     // Drop the node's subscription connection: it reconnects, counts a gap, revalidates.
