@@ -208,12 +208,14 @@ async fn keys(command: KeysCommand, config: &Config) -> Result<(), Failure> {
             print_json(&serde_json::json!({ "data": views }))
         }
         KeysCommand::Revoke { key_id } => {
-            let id = KeyId::from_string(key_id.clone());
+            let id = KeyId::parse(&key_id)
+                .ok_or_else(|| Failure(1, anyhow!("no key with id {key_id}")))?;
             let rec = service.revoke(&id).await.map_err(|e| not_found(e, &key_id))?;
             print_json(&rec.view())
         }
         KeysCommand::Rotate { key_id, grace_period } => {
-            let id = KeyId::from_string(key_id.clone());
+            let id = KeyId::parse(&key_id)
+                .ok_or_else(|| Failure(1, anyhow!("no key with id {key_id}")))?;
             let current = service
                 .get(&id)
                 .await?

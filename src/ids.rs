@@ -82,9 +82,17 @@ impl KeyId {
         Self(Arc::from(format!("key_{}", random_base62(24))))
     }
 
-    /// Wraps a caller-supplied id (from a URL or the CLI); unknown ids simply match nothing.
+    /// Wraps an id read from our own storage.
     pub fn from_string(s: String) -> Self {
         Self(Arc::from(s))
+    }
+
+    /// A caller-supplied id (URL, CLI): `key_` + 24 base62 characters, else `None`, so no
+    /// other text ever reaches a store lookup.
+    pub fn parse(s: &str) -> Option<Self> {
+        let body = s.strip_prefix("key_")?;
+        (body.len() == 24 && body.bytes().all(|b| b.is_ascii_alphanumeric()))
+            .then(|| Self(Arc::from(s)))
     }
 
     pub fn as_str(&self) -> &str {
@@ -151,6 +159,12 @@ mod tests {
         let k = KeyId::generate();
         assert!(k.as_str().starts_with("key_") && k.as_str().len() == 28);
         assert_ne!(k, KeyId::generate());
+        assert_eq!(KeyId::parse(k.as_str()), Some(k.clone()));
+        for bad in
+            ["key_short", "key_AAAAAAAAAAAAAAAAAAAAAAAA:used", "kex_AAAAAAAAAAAAAAAAAAAAAAAA", ""]
+        {
+            assert_eq!(KeyId::parse(bad), None, "{bad}");
+        }
         let c = ConnId::generate().to_string();
         assert!(c.starts_with("conn_") && c.len() == 16, "{c}");
         assert!(new_event_id().starts_with("evt_"));

@@ -132,6 +132,11 @@ impl SlotStore for MemorySlots {
         }
         let mut a = self.accounts.entry(account.clone()).or_insert(0);
         if over(*a, caps.per_account) {
+            let key_unused = *k == 0;
+            drop((k, a));
+            if key_unused {
+                self.keys.remove_if(key, |_, n| *n == 0);
+            }
             return Ok(Err(Full::Account));
         }
         *k += 1;
@@ -217,10 +222,14 @@ async fn refresh(weak: Weak<RedisSlots>) {
         let Some(me) = weak.upgrade() else { return };
         let expiry = now_ms() + SLOT_TTL.as_millis() as i64;
         let mut p = redis::pipe();
+        let ttl = (SLOT_TTL * 2).as_millis() as i64;
         for e in me.mine.iter() {
             let member = me.member(*e.key());
-            p.zadd(key_set(&e.value().0), &member, expiry).ignore();
-            p.zadd(account_set(&e.value().1), &member, expiry).ignore();
+            for set in [key_set(&e.value().0), account_set(&e.value().1)] {
+                // XX: only refresh members still there (never re-add one just released).
+                p.cmd("ZADD").arg(&set).arg("XX").arg(expiry).arg(&member).ignore();
+                p.pexpire(&set, ttl).ignore();
+            }
         }
         if let Ok(mut c) = me.link.conn().await {
             if let Err(e) = p.query_async::<()>(&mut c).await {

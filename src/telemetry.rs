@@ -5,16 +5,26 @@
 
 use tracing_subscriber::{fmt, EnvFilter};
 
+/// Libraries that log message contents (an auth frame carries a token) at debug/trace:
+/// always capped at info, whatever the filter says.
+const QUIET: [&str; 2] = ["tungstenite=info", "tokio_tungstenite=info"];
+
 /// Installs a stderr subscriber; `RUST_LOG` wins over `filter`. Safe to call twice.
 pub fn init(filter: &str) {
-    let filter = EnvFilter::try_from_default_env()
+    let mut filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    for directive in QUIET {
+        if let Ok(d) = directive.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let _ =
         fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
 
-/// The path and query of a URI with `token`, `ticket` and `key` values replaced by `REDACTED`.
+/// The path and query of a URI with every value redacted whose (percent-decoded) name is a
+/// credential (`token`, `ticket`, `key`, `access_token`) or that looks like a secret.
 pub fn redact_uri(uri: &hyper::Uri) -> String {
     let Some(query) = uri.query() else {
         return uri.path().to_owned();
@@ -22,9 +32,18 @@ pub fn redact_uri(uri: &hyper::Uri) -> String {
     let redacted: Vec<String> = query
         .split('&')
         .map(|pair| {
-            let name = pair.split_once('=').map_or(pair, |(k, _)| k);
-            if ["token", "ticket", "key", "access_token"].contains(&name) {
-                format!("{name}=REDACTED")
+            let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+            let decoded = |s: &str| {
+                form_urlencoded::parse(format!("x={s}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default()
+            };
+            let (name, value) = (decoded(raw_name), decoded(raw_value));
+            let secret_name = ["token", "ticket", "key", "access_token"].contains(&name.as_str());
+            let secret_value = value.contains("_sk_") || value.contains("_tk_");
+            if secret_name || secret_value {
+                format!("{raw_name}=REDACTED")
             } else {
                 pair.to_owned()
             }
@@ -43,5 +62,9 @@ mod tests {
         assert_eq!(redact_uri(&uri), "/v1/ws?token=REDACTED&x=1&ticket=REDACTED");
         let uri: hyper::Uri = "/healthz".parse().unwrap();
         assert_eq!(redact_uri(&uri), "/healthz");
+        // Encoded names and secret-looking values under other names are caught too.
+        let uri: hyper::Uri =
+            "/v1/ws?tok%65n=mt_live_sk_abc&x=mt%5Ftest%5Fsk%5Fdef".parse().unwrap();
+        assert_eq!(redact_uri(&uri), "/v1/ws?tok%65n=REDACTED&x=REDACTED");
     }
 }

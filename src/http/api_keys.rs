@@ -30,8 +30,9 @@ const MAX_CIDRS: usize = 100;
 /// Which endpoint a path names.
 enum Route {
     Collection,
-    Key(KeyId),
-    Rotate(KeyId),
+    /// `None`: not a well-formed key id (404 after authentication, like a missing key).
+    Key(Option<KeyId>),
+    Rotate(Option<KeyId>),
 }
 
 fn route(path: &str) -> Option<Route> {
@@ -39,8 +40,8 @@ fn route(path: &str) -> Option<Route> {
     let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
     match parts.as_slice() {
         [] => Some(Route::Collection),
-        [id] => Some(Route::Key(KeyId::from_string((*id).to_owned()))),
-        [id, "rotate"] => Some(Route::Rotate(KeyId::from_string((*id).to_owned()))),
+        [id] => Some(Route::Key(KeyId::parse(id))),
+        [id, "rotate"] => Some(Route::Rotate(KeyId::parse(id))),
         _ => None,
     }
 }
@@ -85,15 +86,16 @@ async fn dispatch(
             let data: Vec<_> = list.iter().map(|r| r.view()).collect();
             Ok(body::json(StatusCode::OK, &json!({"object": "list", "data": data})))
         }
-        (Route::Key(id), Method::DELETE) => {
+        (Route::Key(None) | Route::Rotate(None), _) => Err(ApiError::resource_missing("API key")),
+        (Route::Key(Some(id)), Method::DELETE) => {
             let rec = keys.revoke_for(&caller, &id).await?;
             tracing::info!(key_id = %rec.id, by = %caller.key_id, "api key revoked");
             Ok(body::json(StatusCode::OK, &rec.view()))
         }
-        (Route::Key(id), _) => {
+        (Route::Key(Some(id)), _) => {
             Ok(body::json(StatusCode::OK, &keys.get_for(&caller, &id).await?.view()))
         }
-        (Route::Rotate(id), _) => {
+        (Route::Rotate(Some(id)), _) => {
             let grace = parse_rotate(body::read_json(req, limit).await?)?;
             let created = keys.rotate_for(&caller, &id, grace).await?;
             tracing::info!(key_id = %created.record.id, by = %caller.key_id, grace, "api key rotated");

@@ -161,6 +161,7 @@ impl KeyService {
         if let Some(scope) = escalation(caller, &req.scopes) {
             return Err(ApiError::scope_escalation(scope.as_str()));
         }
+        self.within_callers_limits(caller, req.expires_at, &req.ip_allowlist).await?;
         let new = NewKey {
             name: req.name,
             account: caller.account.clone(),
@@ -170,6 +171,34 @@ impl KeyService {
             expires_at: req.expires_at,
         };
         Ok(self.create(new).await?)
+    }
+
+    /// A key minted (or rotated, which hands out its secret) by `caller` may not outlive it
+    /// nor work from addresses it cannot: `expires_at` no later than the caller's, and every
+    /// allowed network inside the caller's allowlist when it has one.
+    async fn within_callers_limits(
+        &self,
+        caller: &Principal,
+        expires_at: Option<OffsetDateTime>,
+        ip_allowlist: &[IpNet],
+    ) -> Result<(), ApiError> {
+        let parent = self.store.get(&caller.key_id).await?.ok_or_else(ApiError::invalid_api_key)?;
+        if let Some(limit) = parent.expires_at {
+            if expires_at.is_none_or(|t| t > limit) {
+                return Err(ApiError::scope_escalation("expires_at").with_message(
+                    "A key cannot outlive the key that creates or rotates it: set `expires_at` no later than the caller's.",
+                ));
+            }
+        }
+        if !parent.ip_allowlist.is_empty() {
+            let inside = |net: &IpNet| parent.ip_allowlist.iter().any(|p| p.contains(net));
+            if ip_allowlist.is_empty() || !ip_allowlist.iter().all(inside) {
+                return Err(ApiError::scope_escalation("ip_allowlist").with_message(
+                    "A key restricted by an IP allowlist can only mint keys restricted to networks inside it.",
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub async fn list_for(&self, caller: &Principal) -> Result<Vec<KeyRecord>, ApiError> {
@@ -205,6 +234,7 @@ impl KeyService {
         if let Some(scope) = escalation(caller, &rec.scopes) {
             return Err(ApiError::scope_escalation(scope.as_str()));
         }
+        self.within_callers_limits(caller, rec.expires_at, &rec.ip_allowlist).await?;
         if rec.revoked_at.is_some() {
             return Err(StoreError::Revoked.into());
         }

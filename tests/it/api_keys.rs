@@ -274,3 +274,68 @@ async fn last_used_at_is_written_at_most_once_a_minute() {
     assert_eq!(again["last_used_at"], used.as_str(), "a second use within a minute writes nothing");
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_minted_key_cannot_outlive_or_outreach_its_parent() {
+    let s = TestServer::start().await;
+    let in_a_day = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+    let (parent, _) = s
+        .key_with(miteos_stream::keys::service::NewKey {
+            name: "parent".into(),
+            account: miteos_stream::ids::AccountId::parse("acct_lim").unwrap(),
+            environment: Environment::Live,
+            scopes: vec![Scope::TeamsWrite, Scope::TasksRead],
+            ip_allowlist: vec!["127.0.0.0/8".parse().unwrap()],
+            expires_at: Some(in_a_day),
+        })
+        .await;
+    let fmt =
+        |t: time::OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap();
+    let soon = fmt(in_a_day - time::Duration::hours(1));
+    let later = fmt(in_a_day + time::Duration::hours(1));
+    for (body, param) in [
+        (
+            json!({"name": "c", "scopes": ["tasks.read"], "ip_allowlist": ["127.0.0.1/32"]}),
+            "expires_at",
+        ),
+        (
+            json!({"name": "c", "scopes": ["tasks.read"], "ip_allowlist": ["127.0.0.1/32"], "expires_at": later}),
+            "expires_at",
+        ),
+        (json!({"name": "c", "scopes": ["tasks.read"], "expires_at": soon}), "ip_allowlist"),
+        (
+            json!({"name": "c", "scopes": ["tasks.read"], "expires_at": soon, "ip_allowlist": ["10.0.0.0/8"]}),
+            "ip_allowlist",
+        ),
+        (
+            json!({"name": "c", "scopes": ["tasks.read"], "expires_at": soon, "ip_allowlist": ["127.0.0.0/7"]}),
+            "ip_allowlist",
+        ),
+    ] {
+        let r = create(&s, &parent, body.clone()).await;
+        assert_eq!(code(&r), (403, "scope_escalation".into()), "{body}");
+        assert_eq!(r.json()["error"]["param"], param, "{body}");
+    }
+    let ok = create(&s, &parent, json!({"name": "c", "scopes": ["tasks.read"], "expires_at": soon, "ip_allowlist": ["127.0.0.1/32"]})).await;
+    assert_eq!(ok.status, 201, "{}", ok.body);
+    // Nor can it rotate (and so read the secret of) a key that is less restricted than itself.
+    let (_, free_id) = s.key("acct_lim", Environment::Live, &[Scope::TasksRead]).await;
+    let r =
+        s.http().await.post_json(&format!("{KEYS}/{free_id}/rotate"), Some(&parent), "{}").await;
+    assert_eq!(code(&r), (403, "scope_escalation".into()));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_key_ids_are_404_like_missing_ones() {
+    let s = TestServer::start().await;
+    let mut http = s.http().await;
+    let missing =
+        http.get(&format!("{KEYS}/key_AAAAAAAAAAAAAAAAAAAAAAAA"), Some(&s.bootstrap)).await;
+    for odd in ["key_x%3Aused", "key_AAAAAAAAAAAAAAAAAAAAAAAA%3Aused", "nope", "key_"] {
+        let r = http.get(&format!("{KEYS}/{odd}"), Some(&s.bootstrap)).await;
+        assert_eq!(r.status, 404, "{odd}");
+        assert_eq!(r.body, missing.body, "{odd}");
+    }
+    s.shutdown().await;
+}
