@@ -141,6 +141,9 @@ impl Default for Config {
     }
 }
 
+/// The longest any duration setting may be.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Command-line flags that override every other layer.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Flags {
@@ -222,9 +225,16 @@ impl Config {
             ("close_timeout", self.close_timeout),
             ("shutdown_grace", self.shutdown_grace),
         ];
-        for (name, d) in positive {
+        for (name, d) in positive
+            .into_iter()
+            .chain([("key_cache_ttl", self.key_cache_ttl.max(Duration::from_secs(1)))])
+        {
             if d.is_zero() {
                 return Err(ConfigError::new(name, "must be greater than zero"));
+            }
+            // Deadlines are computed as now + duration: keep them far from overflow.
+            if d > MAX_DURATION {
+                return Err(ConfigError::new(name, "must be at most 7 days"));
             }
         }
         let at_least = [
@@ -286,12 +296,9 @@ pub mod duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         match Raw::deserialize(d)? {
             Raw::Int(secs) => Ok(Duration::from_secs(secs)),
-            Raw::Float(secs) if secs.is_finite() && secs >= 0.0 => {
-                Ok(Duration::from_secs_f64(secs))
-            }
-            Raw::Float(_) => {
-                Err(de::Error::custom("a duration must be a non-negative number of seconds"))
-            }
+            Raw::Float(secs) => Duration::try_from_secs_f64(secs).map_err(|_| {
+                de::Error::custom("a duration must be a non-negative number of seconds")
+            }),
             Raw::Text(t) => humantime::parse_duration(t.trim()).map_err(|e| {
                 de::Error::custom(format!("`{t}` is not a duration like \"10s\" or \"250ms\": {e}"))
             }),
@@ -328,6 +335,14 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().setting, "max_header_bytes");
         let c = Config { ping_interval: Duration::ZERO, ..Config::default() };
         assert_eq!(c.validate().unwrap_err().setting, "ping_interval");
+        let c = Config { auth_timeout: Duration::from_secs(u64::MAX / 2), ..Config::default() };
+        assert_eq!(c.validate().unwrap_err().setting, "auth_timeout");
+        assert!(Config::from_toml_str("ping_interval = 1e12").is_ok_and(|c| c.validate().is_err()));
+        assert!(
+            Config::from_toml_str("ping_interval = 1e20").is_err(),
+            "too large for a Duration: an error, not a panic"
+        );
+        assert!(Config::from_toml_str("ping_interval = -1.0").is_err());
         let c = Config { redis_url: Some("http://x".into()), ..Config::default() };
         assert_eq!(c.validate().unwrap_err().setting, "redis_url");
         assert!(Config::default().validate().is_ok());

@@ -94,10 +94,16 @@ impl Outbox {
         } else {
             out.extend(q.drain(..));
         }
-        if q.capacity() > RETAINED_SLOTS {
+        n
+    }
+
+    /// Gives back the queue's memory if a burst left it large and it is empty now (called
+    /// when the connection is quiet, not per batch, so steady traffic reuses its buffers).
+    pub fn trim(&self) {
+        let mut q = self.queue.lock();
+        if q.is_empty() && q.capacity() > RETAINED_SLOTS {
             *q = VecDeque::new();
         }
-        n
     }
 
     /// Frames queued right now (for tests and metrics).

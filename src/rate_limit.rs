@@ -27,6 +27,18 @@ pub struct Limits {
     messages: Option<Quota>,
 }
 
+/// What one client controls: its IPv4 address, or its IPv6 /64 (one host typically holds a
+/// whole /64, so per-address limits would be trivial to sidestep).
+fn client_block(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    }
+}
+
 fn quota(per: fn(NonZeroU32) -> Quota, n: u32) -> Option<Quota> {
     NonZeroU32::new(n).map(per)
 }
@@ -55,6 +67,7 @@ impl Limits {
 
     /// 429 while `ip` is locked out after too many failed authentications.
     pub fn check_ip(&self, ip: IpAddr, metrics: &Metrics) -> Result<(), ApiError> {
+        let ip = client_block(ip);
         let Some(until) = self.locked_out.get(&ip).map(|t| *t) else { return Ok(()) };
         let now = Instant::now();
         if until <= now {
@@ -69,6 +82,7 @@ impl Limits {
     /// Counts a failed authentication from `ip`; past the budget the IP is locked out.
     pub fn auth_failed(&self, ip: IpAddr) {
         let Some(limiter) = &self.auth_failures else { return };
+        let ip = client_block(ip);
         if let Err(not_until) = limiter.check_key(&ip) {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             self.locked_out.insert(ip, Instant::now() + wait.max(Duration::from_secs(1)));
@@ -140,6 +154,23 @@ mod tests {
         assert!(e.retry_after_secs.unwrap() >= 1);
         assert!(l.check_ip(good, &m).is_ok());
         assert!(m.render().contains("miteos_rate_limited_total{limit=\"auth_failures\"} 1"));
+    }
+
+    #[test]
+    fn ipv6_clients_are_limited_per_64() {
+        let l = limits(|c| c.auth_failures_per_minute = 2);
+        let m = Metrics::new();
+        for i in 0..3u16 {
+            l.auth_failed(IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, i]));
+        }
+        assert!(
+            l.check_ip(IpAddr::from([0x2001, 0xdb8, 0, 1, 9, 9, 9, 9]), &m).is_err(),
+            "same /64"
+        );
+        assert!(
+            l.check_ip(IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1]), &m).is_ok(),
+            "another /64"
+        );
     }
 
     #[test]

@@ -33,9 +33,9 @@ impl ChannelKey {
         Self { env, account, topic }
     }
 
-    /// The broker channel name, `mt:{env}:{account}:{topic}`.
+    /// The broker channel name, `mt:{env}:{account}:{topic}` (its `Display`).
     pub fn name(&self) -> String {
-        format!("mt:{}:{}:{}", self.env, self.account, self.topic)
+        self.to_string()
     }
 
     /// Parses a broker channel name; `None` for anything else (including the control channel).
@@ -100,6 +100,11 @@ struct ClientFrame<'a> {
     data: &'a RawValue,
 }
 
+/// `{}`: the `data` of an event published without one.
+pub static EMPTY_OBJECT: std::sync::LazyLock<Box<RawValue>> = std::sync::LazyLock::new(|| {
+    serde_json::value::to_raw_value(&serde_json::Map::new()).unwrap_or_default()
+});
+
 /// RFC 3339 UTC timestamp with milliseconds, e.g. `2026-11-28T15:04:05.123Z`.
 pub fn now_rfc3339() -> String {
     let now = OffsetDateTime::now_utc();
@@ -119,15 +124,14 @@ pub fn decode(topic: Topic, payload: &[u8], max_bytes: usize) -> Result<Arc<Even
     }
     let id = p.id.unwrap_or_else(new_event_id);
     let created_at = p.created_at.unwrap_or_else(now_rfc3339);
-    let empty = RawValue::from_string("{}".to_owned())
-        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let empty: &RawValue = &EMPTY_OBJECT;
     let frame = ClientFrame {
         kind: "event",
         channel: topic.as_str(),
         event: &p.event,
         id: &id,
         created_at: &created_at,
-        data: p.data.unwrap_or(&empty),
+        data: p.data.unwrap_or(empty),
     };
     let text = serde_json::to_string(&frame).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     Ok(Arc::new(Event { name: p.event.into_boxed_str(), frame: Utf8Bytes::from(text) }))

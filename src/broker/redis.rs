@@ -133,6 +133,9 @@ async fn supervise(weak: Weak<Inner>) {
                 tracing::warn!("lost the redis subscription connection; reconnecting");
             }
             Err(e) => {
+                // A half-made connection may have installed its sink: subscribes must wait
+                // for the next connection, not fail on this one.
+                *inner.sink.lock() = None;
                 if failures == 0 {
                     tracing::warn!(error = %e, "cannot reach redis; retrying with backoff");
                 }

@@ -19,8 +19,10 @@ pub fn healthz() -> Response<Full<Bytes>> {
 }
 
 pub async fn readyz(state: &AppState) -> Response<Full<Bytes>> {
-    let broker = tokio::time::timeout(CHECK_TIMEOUT, state.hub.broker().ping()).await;
-    let store = tokio::time::timeout(CHECK_TIMEOUT, state.keys.store().ping()).await;
+    let (broker, store) = tokio::join!(
+        tokio::time::timeout(CHECK_TIMEOUT, state.hub.broker().ping()),
+        tokio::time::timeout(CHECK_TIMEOUT, state.keys.store().ping()),
+    );
     let broker_ok = matches!(broker, Ok(Ok(())));
     let store_ok = matches!(store, Ok(Ok(())));
     if state.shutdown.token.is_cancelled() {

@@ -59,8 +59,7 @@ async fn publish(
             "`event` must be a non-empty name of at most 256 characters.",
         ));
     }
-    let empty = RawValue::from_string("{}".into()).map_err(|_| ApiError::internal())?;
-    let data = p.data.as_deref().unwrap_or(&empty);
+    let data = p.data.as_deref().unwrap_or(&codec::EMPTY_OBJECT);
     let (payload, id) = codec::encode(&p.event, p.id.as_deref(), p.created_at.as_deref(), data);
     if payload.len() > state.config.max_event_bytes {
         return Err(ApiError::body_too_large(state.config.max_event_bytes).with_param("data"));

@@ -39,12 +39,7 @@ async fn mint(
     let obj = api_keys::object(body::read_json(req, state.config.max_body_bytes).await?)?;
     api_keys::only_known(&obj, &[])?;
     let (ticket, expires_at) =
-        tickets::mint(state.auth.tickets().as_ref(), &caller, state.config.ticket_ttl)
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "ticket store failed");
-                ApiError::internal()
-            })?;
+        tickets::mint(state.auth.tickets().as_ref(), &caller, state.config.ticket_ttl).await?;
     let expires_at = expires_at.format(&Rfc3339).map_err(|_| ApiError::internal())?;
     Ok(body::json(
         StatusCode::CREATED,
