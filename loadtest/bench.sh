@@ -14,6 +14,9 @@ extra=()
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do grep -q '^admin listening' "$dir/server.out" 2>/dev/null && break; sleep 0.1; done
+public=$(grep -o 'listening on http://[0-9.:]*' "$dir/server.out" | head -1 | cut -d/ -f3)
+# Ready = broker connected (Redis mode) and store answering.
+for _ in $(seq 100); do curl -sf "http://$public/readyz" > /dev/null && break; sleep 0.1; done
 token=$(grep -o 'mt_test_sk_[A-Za-z0-9]*' "$dir/server.out" || true)
 if [ -z "$token" ]; then
   # Redis mode on a non-empty Redis: no bootstrap key; create one through the CLI.
@@ -23,7 +26,7 @@ fi
 if [ -n "${BENCH_SCOPES:-}" ]; then
   # A key with only these scopes (e.g. tasks.read: one topic per socket), made with the API.
   scopes=$(printf '"%s",' ${BENCH_SCOPES//,/ }); scopes="[${scopes%,}]"
-  token=$(curl -sf -X POST "http://$(grep -o 'listening on http://[0-9.:]*' "$dir/server.out" | head -1 | cut -d/ -f3)/v1/api-keys" \
+  token=$(curl -sf -X POST "http://$public/v1/api-keys" \
     -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
     -d "{\"name\":\"bench\",\"scopes\":$scopes}" | grep -o '"key":"mt_test_sk_[A-Za-z0-9]*' | cut -d'"' -f4)
 fi

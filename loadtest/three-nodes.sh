@@ -19,6 +19,7 @@ for i in 0 1 2; do
 done
 for i in 0 1 2; do
   for _ in $(seq 100); do grep -q '^admin listening' "$work/node$i/out" && break; sleep 0.1; done
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$((8180 + 10 * i))/readyz" > /dev/null && break; sleep 0.1; done
 done
 token=$(./target/release/miteos-stream --data-dir "$work" --redis-url "$url" keys create --account acct_local \
   --env test --name bench3 --scopes tasks.read | grep -o '"key":"mt_test_sk_[A-Za-z0-9]*' | cut -d'"' -f4)
