@@ -24,9 +24,14 @@ for i in range(a.runs):
 
 def get(d, path):
     for k in path.split("."):
+        if not isinstance(d, dict) or k not in d:
+            return None
         d = d[k]
     return d
 
 for m in a.metric:
     values = [get(r, m) for r in runs]
+    if any(v is None or isinstance(v, (dict, list, str)) for v in values):
+        print(f"median {m}: not a number in every run ({values})")
+        continue
     print(f"median {m} = {statistics.median(values)}  (runs: {values})")
