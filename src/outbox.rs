@@ -6,7 +6,14 @@
 //! Invariants: `push` and `close` never block on the socket; an idle outbox holds no heap
 //! memory; the first close reason wins.
 
-use std::{collections::VecDeque, sync::OnceLock, task::Waker};
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        OnceLock,
+    },
+    task::Waker,
+};
 
 use futures::task::AtomicWaker;
 use parking_lot::Mutex;
@@ -33,6 +40,9 @@ pub struct Outbox {
     capacity: usize,
     waker: AtomicWaker,
     close: OnceLock<CloseCode>,
+    /// Its session ended: it takes no more frames, and the Hub drops it from its channels
+    /// lazily (see `Hub::leave`).
+    retired: AtomicBool,
 }
 
 impl Outbox {
@@ -42,6 +52,7 @@ impl Outbox {
             capacity: capacity.max(1),
             waker: AtomicWaker::new(),
             close: OnceLock::new(),
+            retired: AtomicBool::new(false),
         }
     }
 
@@ -51,6 +62,10 @@ impl Outbox {
             return Push::Closed;
         }
         let mut q = self.queue.lock();
+        // Checked under the lock `retire` takes, so no frame lands after the queue is freed.
+        if self.is_retired() {
+            return Push::Closed;
+        }
         if q.len() >= self.capacity {
             return Push::Full;
         }
@@ -69,6 +84,16 @@ impl Outbox {
         let first = self.close.set(code).is_ok();
         self.waker.wake();
         first
+    }
+
+    /// Marks the session as ended and frees the queue; every later push is `Closed`.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        *self.queue.lock() = VecDeque::new();
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 
     /// The requested close, if any.

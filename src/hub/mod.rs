@@ -30,16 +30,34 @@ use crate::{
 /// How long a channel with no local subscriber stays subscribed at the broker.
 pub const UNSUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
 
-/// One subscriber of one channel.
 /// One subscriber of one channel; the Outbox (compared by pointer) is its identity.
 struct Sub {
     outbox: Arc<Outbox>,
     filter: Option<Arc<EventFilter>>,
 }
 
+/// A channel's subscribers. Joining is a push and leaving at session end is a count: the
+/// entries of ended (retired) sessions are swept out once they are half the list, so N
+/// sessions joining and leaving cost O(N), not O(N²).
+#[derive(Default)]
+struct Subs {
+    list: Vec<Sub>,
+    /// Leaves counted since the last sweep (may overcount: only decides when to sweep).
+    retired: usize,
+}
+
+impl Subs {
+    /// Drops the entries of retired sessions; returns whether the list is now empty.
+    fn sweep(&mut self) -> bool {
+        self.list.retain(|s| !s.outbox.is_retired());
+        self.retired = 0;
+        self.list.is_empty()
+    }
+}
+
 #[derive(Default)]
 struct Channel {
-    subs: Mutex<Vec<Sub>>,
+    subs: Mutex<Subs>,
     /// Whether the broker is subscribed; also serialises broker calls for this channel.
     at_broker: tokio::sync::Mutex<bool>,
 }
@@ -165,8 +183,9 @@ impl Hub {
 
     // === subscriptions ===
 
-    /// Adds (or updates the filter of) the session owning `outbox` on `key`, subscribing the
-    /// broker first if this node had no subscriber yet. On a broker error nothing changes.
+    /// Adds the session owning `outbox` to `key`, subscribing the broker first if this node
+    /// had no subscriber yet. On a broker error nothing changes. The caller makes sure the
+    /// session is not on `key` already (see `set_filter`).
     pub async fn subscribe(
         &self,
         key: &ChannelKey,
@@ -189,11 +208,7 @@ impl Hub {
             // Add under the map guard too, so the channel cannot be removed in between.
             if let Some(current) = self.channels.get(key) {
                 if Arc::ptr_eq(&current, &ch) {
-                    let mut subs = current.subs.lock();
-                    match subs.iter_mut().find(|s| Arc::ptr_eq(&s.outbox, outbox)) {
-                        Some(s) => s.filter = filter,
-                        None => subs.push(Sub { outbox: outbox.clone(), filter }),
-                    }
+                    current.subs.lock().list.push(Sub { outbox: outbox.clone(), filter });
                     return Ok(());
                 }
             }
@@ -201,18 +216,56 @@ impl Hub {
         }
     }
 
-    /// Removes the session owning `outbox` from `key`; the last one leaving schedules the
-    /// dissolve.
+    /// Replaces the event filter of the session owning `outbox` on `key` (a client
+    /// subscribing again to a channel it is on). Returns whether it was on `key`.
+    pub fn set_filter(
+        &self,
+        key: &ChannelKey,
+        outbox: &Arc<Outbox>,
+        filter: Option<Arc<EventFilter>>,
+    ) -> bool {
+        let Some(ch) = self.channels.get(key).map(|c| c.clone()) else { return false };
+        let mut subs = ch.subs.lock();
+        match subs.list.iter_mut().find(|s| Arc::ptr_eq(&s.outbox, outbox)) {
+            Some(s) => {
+                s.filter = filter;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes the session owning `outbox` from `key` (a client's `unsubscribe`); the last
+    /// one leaving schedules the dissolve.
     pub fn unsubscribe(&self, key: &ChannelKey, outbox: &Arc<Outbox>) {
         let Some(ch) = self.channels.get(key).map(|c| c.clone()) else { return };
         let now_empty = {
             let mut subs = ch.subs.lock();
-            let before = subs.len();
-            subs.retain(|s| !Arc::ptr_eq(&s.outbox, outbox));
-            before != subs.len() && subs.is_empty()
+            let before = subs.list.len();
+            subs.list.retain(|s| !Arc::ptr_eq(&s.outbox, outbox));
+            let removed = before != subs.list.len();
+            removed && subs.sweep()
         };
         if now_empty {
             self.schedule_dissolve(key.clone());
+        }
+    }
+
+    /// A session ended: retires its `outbox` (no more frames) and counts it out of `keys`,
+    /// sweeping a channel's list once half of it is retired; a channel left with no live
+    /// subscriber schedules its dissolve.
+    pub fn leave(&self, keys: impl IntoIterator<Item = ChannelKey>, outbox: &Outbox) {
+        outbox.retire();
+        for key in keys {
+            let Some(ch) = self.channels.get(&key).map(|c| c.clone()) else { continue };
+            let now_empty = {
+                let mut subs = ch.subs.lock();
+                subs.retired += 1;
+                subs.retired * 2 >= subs.list.len() && subs.sweep()
+            };
+            if now_empty {
+                self.schedule_dissolve(key);
+            }
         }
     }
 
@@ -232,7 +285,7 @@ impl Hub {
         let Some(ch) = self.channels.get(key).map(|c| c.clone()) else { return };
         // Under the channel's lock: no subscriber can join or subscribe the broker meanwhile.
         let mut at_broker = ch.at_broker.lock().await;
-        if !ch.subs.lock().is_empty() {
+        if !ch.subs.lock().sweep() {
             return;
         }
         if *at_broker {
@@ -243,7 +296,7 @@ impl Hub {
             }
             *at_broker = false;
         }
-        self.channels.remove_if(key, |_, c| Arc::ptr_eq(c, &ch) && c.subs.lock().is_empty());
+        self.channels.remove_if(key, |_, c| Arc::ptr_eq(c, &ch) && c.subs.lock().list.is_empty());
     }
 
     /// Channels with at least one local subscriber or not yet dissolved (for tests).
@@ -330,7 +383,7 @@ impl Deliver for Hub {
                 let Some(ch) = self.channels.get(&channel).map(|c| c.clone()) else { return };
                 let (mut delivered, mut slow) = (0u64, 0u64);
                 let subs = ch.subs.lock();
-                for s in subs.iter() {
+                for s in subs.list.iter() {
                     if s.filter.as_ref().is_some_and(|f| !f.matches(&event.name)) {
                         continue;
                     }
@@ -453,6 +506,53 @@ mod tests {
         tokio::time::sleep(UNSUBSCRIBE_DELAY * 2).await;
         assert!(broker.desired.lock().is_empty());
         assert_eq!(hub.channel_count(), 0);
+    }
+
+    /// Entries (live or retired, not yet swept) in `key`'s list.
+    fn entries(hub: &Hub, key: &ChannelKey) -> usize {
+        hub.channels.get(key).map_or(0, |c| c.subs.lock().list.len())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ended_sessions_get_nothing_are_swept_and_the_last_one_dissolves_the_channel() {
+        let (hub, broker) = hub();
+        let outboxes: Vec<_> = (0..100).map(|_| Arc::new(Outbox::new(8))).collect();
+        for o in &outboxes {
+            hub.subscribe(&key(), o, None).await.unwrap();
+        }
+        hub.deliver(event());
+        let (gone, live) = outboxes.split_at(60);
+        for o in gone {
+            hub.leave([key()], o);
+            assert!(o.is_empty(), "a retired outbox keeps no frames");
+        }
+        // Swept once half the list was retired: far fewer than 100 entries remain.
+        let left = entries(&hub, &key());
+        assert!((40..=70).contains(&left), "{left} entries after 60 of 100 left");
+        hub.deliver(event());
+        assert!(live.iter().all(|o| o.len() == 2), "live sessions get every event");
+        assert!(gone.iter().all(|o| o.is_empty()), "ended sessions get nothing");
+        for o in live {
+            hub.leave([key()], o);
+        }
+        assert_eq!(entries(&hub, &key()), 0, "the last leave sweeps everything");
+        tokio::time::sleep(UNSUBSCRIBE_DELAY * 2).await;
+        assert!(broker.desired.lock().is_empty());
+        assert_eq!(hub.channel_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn set_filter_replaces_only_that_sessions_filter() {
+        let (hub, _) = hub();
+        let (a, b) = (Arc::new(Outbox::new(8)), Arc::new(Outbox::new(8)));
+        hub.subscribe(&key(), &a, None).await.unwrap();
+        hub.subscribe(&key(), &b, None).await.unwrap();
+        let only_x = Arc::new(EventFilter::parse(&["x".to_owned()]).unwrap());
+        assert!(hub.set_filter(&key(), &a, Some(only_x)));
+        hub.deliver(event()); // event "e"
+        assert_eq!((a.len(), b.len()), (0, 1));
+        assert!(!hub.set_filter(&key(), &Arc::new(Outbox::new(8)), None), "not a member");
+        assert_eq!(entries(&hub, &key()), 2);
     }
 
     #[tokio::test]

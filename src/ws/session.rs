@@ -52,9 +52,7 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        for topic in self.topics.iter() {
-            self.hub.unsubscribe(&self.key(topic), &self.outbox);
-        }
+        self.hub.leave(self.topics.iter().map(|t| self.key(t)), &self.outbox);
         self.hub.deregister(self.conn);
         self.metrics.connections_open.dec();
     }
@@ -363,6 +361,11 @@ impl Session {
         filter: Option<Arc<EventFilter>>,
     ) -> Result<(), crate::broker::BrokerError> {
         let key = self.reg.key(topic);
+        if self.reg.topics.contains(topic)
+            && self.state.hub.set_filter(&key, &self.outbox, filter.clone())
+        {
+            return Ok(());
+        }
         self.state.hub.subscribe(&key, &self.outbox, filter).await?;
         self.reg.topics = self.reg.topics.with(topic);
         Ok(())
