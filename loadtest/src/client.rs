@@ -5,6 +5,8 @@
 use std::{
     io,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
 };
 
 use tokio::{
@@ -39,15 +41,37 @@ impl From<io::Error> for AuthError {
     }
 }
 
+/// Where and how clients connect: the server, the key, and how long a handshake may take.
+#[derive(Clone, Debug)]
+pub struct Dial {
+    pub addr: SocketAddr,
+    pub token: Arc<str>,
+    pub timeout: Duration,
+}
+
 /// Connects from `src`, upgrades `/v1/ws?token=…`, sends the auth message and waits for
-/// `auth.success`.
-pub async fn connect_authed(addr: SocketAddr, src: IpAddr, token: &str) -> Result<Conn, AuthError> {
-    connect_authed_with(addr, src, token, None).await
+/// `auth.success`, all within `dial.timeout` (else an `Io` error of kind `TimedOut`).
+pub async fn connect_authed(dial: &Dial, src: IpAddr) -> Result<Conn, AuthError> {
+    connect_authed_with(dial, src, None).await
 }
 
 /// Like `connect_authed`, with a fixed receive buffer (a stalled client then backs up the
 /// server after that many bytes instead of the kernel's autotuned megabytes).
 pub async fn connect_authed_with(
+    dial: &Dial,
+    src: IpAddr,
+    rcvbuf: Option<u32>,
+) -> Result<Conn, AuthError> {
+    let handshake = handshake(dial.addr, src, &dial.token, rcvbuf);
+    tokio::time::timeout(dial.timeout, handshake).await.unwrap_or_else(|_| {
+        Err(AuthError::Io(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no auth.success within {:?}", dial.timeout),
+        )))
+    })
+}
+
+async fn handshake(
     addr: SocketAddr,
     src: IpAddr,
     token: &str,
@@ -169,9 +193,11 @@ impl Conn {
         self.send_frame(0xA, &payload).await
     }
 
-    /// Sends a close frame (1000) and drops the socket.
+    /// Sends a close frame (1000) and drops the socket (at once if the send buffer is full).
     pub async fn close(mut self) {
-        let _ = self.send_frame(OP_CLOSE, &1000u16.to_be_bytes()).await;
+        let code = 1000u16.to_be_bytes();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), self.send_frame(OP_CLOSE, &code)).await;
     }
 }
 

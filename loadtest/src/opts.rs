@@ -49,9 +49,22 @@ pub struct Target {
     /// How many sockets connect concurrently while ramping up.
     #[arg(long, default_value_t = 500)]
     pub ramp_concurrency: usize,
+    /// Seconds one client may take from connecting to `auth.success` before it counts as
+    /// failed (so a server that stops answering cannot hang a run).
+    #[arg(long, default_value_t = 30)]
+    pub handshake_timeout_secs: u64,
 }
 
 impl Target {
+    /// How clients reach the server.
+    pub fn dial(&self) -> crate::client::Dial {
+        crate::client::Dial {
+            addr: self.addr,
+            token: self.token.as_str().into(),
+            timeout: std::time::Duration::from_secs(self.handshake_timeout_secs.max(1)),
+        }
+    }
+
     /// The source address for client number `i`.
     pub fn source(&self, i: usize) -> IpAddr {
         let span = (self.src_last.max(self.src_first) - self.src_first) as usize + 1;

@@ -161,6 +161,52 @@ async fn churn_completes_every_cycle() {
     assert!(u(&r, "results.rss_end_bytes") > 0, "{r}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_cannot_hang_a_run() {
+    // Accepts connections and holds them without a byte of reply.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            held.push(sock);
+        }
+    });
+    let pid = std::process::id().to_string();
+    let loadtest = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadtest"));
+        cmd.args(args)
+            .args(["--addr", &addr, "--pid", &pid, "--handshake-timeout-secs", "1"])
+            .env("LOADTEST_TOKEN", "mt_test_sk_silent")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        loadtest(&["storm", "--clients", "20"]).output(),
+    )
+    .await
+    .expect("storm ended")
+    .expect("output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().find(|l| l.starts_with('{')).expect("a JSON line");
+    let r: Value = serde_json::from_str(line).expect("JSON");
+    assert_eq!(u(&r, "results.authenticated"), 0, "{r}");
+    assert_eq!(u(&r, "results.failed.io"), 20, "{r}");
+
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        loadtest(&["idle", "--clients", "5"]).output(),
+    )
+    .await
+    .expect("idle ended")
+    .expect("output");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no auth.success within"), "{err}");
+}
+
 #[tokio::test]
 async fn help_explains_every_scenario() {
     for scenario in ["idle", "fanout", "storm", "slow", "churn"] {

@@ -17,6 +17,7 @@ pub async fn run(o: Churn) -> anyhow::Result<Report> {
     let rss_start = proc_stat::rss_bytes(pid).unwrap_or(0);
     let gate = Arc::new(Semaphore::new(o.concurrency.max(1)));
     let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let dial = o.target.dial();
     let started = std::time::Instant::now();
     let mut rss_warm = 0;
     for i in 0..o.cycles {
@@ -27,10 +28,9 @@ pub async fn run(o: Churn) -> anyhow::Result<Report> {
             rss_warm = proc_stat::rss_bytes(pid).unwrap_or(0);
         }
         let permit = gate.clone().acquire_owned().await?;
-        let (addr, src, token, failures) =
-            (o.target.addr, o.target.source(i), o.target.token.clone(), failures.clone());
+        let (dial, src, failures) = (dial.clone(), o.target.source(i), failures.clone());
         tokio::spawn(async move {
-            match client::connect_authed(addr, src, &token).await {
+            match client::connect_authed(&dial, src).await {
                 Ok(c) => c.close().await,
                 Err(_) => {
                     failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -118,17 +118,23 @@ async fn server_metric(admin: std::net::SocketAddr, name: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok())
 }
 
+async fn connect_publisher(o: &crate::opts::Publisher) -> anyhow::Result<Publisher> {
+    tokio::time::timeout(Duration::from_secs(10), Publisher::connect(o))
+        .await
+        .map_err(|_| anyhow!("publisher: no connection within 10 s"))?
+}
+
 pub async fn run(o: Fanout, slow: usize, slow_rcvbuf: u32) -> anyhow::Result<Report> {
     if slow >= o.clients {
         return Err(anyhow!("--slow must be smaller than --clients"));
     }
     let pid = super::server_pid(&o.target)?;
     let mut publisher =
-        if o.listen_only { None } else { Some(Publisher::connect(&o.publisher).await?) };
+        if o.listen_only { None } else { Some(connect_publisher(&o.publisher).await?) };
     let mut stalled = Vec::with_capacity(slow);
     for i in 0..slow {
         let rcvbuf = (slow_rcvbuf > 0).then_some(slow_rcvbuf);
-        let c = connect_authed_with(o.target.addr, o.target.source(i), &o.target.token, rcvbuf)
+        let c = connect_authed_with(&o.target.dial(), o.target.source(i), rcvbuf)
             .await
             .map_err(|e| anyhow!("stalled client {i}: {e:?}"))?;
         stalled.push(c);
@@ -163,7 +169,14 @@ pub async fn run(o: Fanout, slow: usize, slow_rcvbuf: u32) -> anyhow::Result<Rep
             timed_out = true;
             break;
         }
-        publisher.publish(seq, &pad).await?;
+        // Bounded too: a server that stops answering ends the run as timed out.
+        match tokio::time::timeout_at(deadline.into(), publisher.publish(seq, &pad)).await {
+            Ok(published) => published?,
+            Err(_) => {
+                timed_out = true;
+                break;
+            }
+        }
         if let Some(i) = interval {
             tokio::time::sleep_until((started + i * (seq as u32 + 1)).into()).await;
         }

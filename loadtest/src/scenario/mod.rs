@@ -40,11 +40,12 @@ pub async fn ramp(t: &Target, n: usize) -> anyhow::Result<(Vec<Conn>, std::time:
     let started = Instant::now();
     let gate = Arc::new(Semaphore::new(t.ramp_concurrency.max(1)));
     let mut tasks = Vec::with_capacity(n);
+    let dial = t.dial();
     for i in 0..n {
         let permit = gate.clone().acquire_owned().await?;
-        let (addr, src, token) = (t.addr, t.source(i), t.token.clone());
+        let (dial, src) = (dial.clone(), t.source(i));
         tasks.push(tokio::spawn(async move {
-            let c = client::connect_authed(addr, src, &token).await;
+            let c = client::connect_authed(&dial, src).await;
             drop(permit);
             c
         }));

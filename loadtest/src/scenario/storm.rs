@@ -14,13 +14,13 @@ pub async fn run(o: Storm) -> anyhow::Result<Report> {
     let start = tokio::sync::Barrier::new(o.clients + 1);
     let start = std::sync::Arc::new(start);
     let mut tasks = Vec::with_capacity(o.clients);
+    let dial = o.target.dial();
     for i in 0..o.clients {
-        let (addr, src, token, start) =
-            (o.target.addr, o.target.source(i), o.target.token.clone(), start.clone());
+        let (dial, src, start) = (dial.clone(), o.target.source(i), start.clone());
         tasks.push(tokio::spawn(async move {
             start.wait().await;
             let t0 = Instant::now();
-            let r = client::connect_authed(addr, src, &token).await;
+            let r = client::connect_authed(&dial, src).await;
             (r, t0.elapsed())
         }));
     }
