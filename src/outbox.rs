@@ -37,7 +37,8 @@ pub enum Push {
 #[derive(Debug)]
 pub struct Outbox {
     queue: Mutex<VecDeque<Utf8Bytes>>,
-    capacity: usize,
+    /// At most `u32::MAX` frames (u32 so the retired flag fits beside it).
+    capacity: u32,
     waker: AtomicWaker,
     close: OnceLock<CloseCode>,
     /// Its session ended: it takes no more frames, and the Hub drops it from its channels
@@ -49,7 +50,7 @@ impl Outbox {
     pub fn new(capacity: usize) -> Self {
         Self {
             queue: Mutex::new(VecDeque::new()),
-            capacity: capacity.max(1),
+            capacity: u32::try_from(capacity).unwrap_or(u32::MAX).max(1),
             waker: AtomicWaker::new(),
             close: OnceLock::new(),
             retired: AtomicBool::new(false),
@@ -66,7 +67,7 @@ impl Outbox {
         if self.is_retired() {
             return Push::Closed;
         }
-        if q.len() >= self.capacity {
+        if q.len() >= self.capacity as usize {
             return Push::Full;
         }
         q.push_back(frame);

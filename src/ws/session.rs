@@ -60,12 +60,12 @@ impl Drop for Registration {
 
 struct Session {
     state: Arc<AppState>,
-    principal: Principal,
     outbox: Arc<Outbox>,
     reg: Registration,
     readable: TopicSet,
-    /// Client-message rate (4008); `None` = unlimited.
-    messages: Option<DefaultDirectRateLimiter>,
+    /// Client-message rate (4008); `None` = unlimited. Boxed, like every input only the
+    /// authentication needs (`Opening`), to keep the long-lived task small.
+    messages: Option<Box<DefaultDirectRateLimiter>>,
     /// This session's share of the key's and account's connection caps.
     _slot: Option<Slot>,
 }
@@ -77,6 +77,13 @@ pub struct Admission {
     pub expected: TokenHash,
     pub connection: Option<ConnPermit>,
     pub unauthenticated: OwnedSemaphorePermit,
+}
+
+/// What only the authentication phase needs; boxed, and dropped when that phase ends.
+struct Opening {
+    principal: Principal,
+    expected: TokenHash,
+    unauthenticated: OwnedSemaphorePermit,
 }
 
 /// Runs a session on an upgraded socket. `admission.expected` is the hash of the credential
@@ -124,23 +131,22 @@ where
     let mut conn = Conn::new(ws, outbox.clone(), cfg.ping_interval, cfg.pong_timeout);
     conn.set_expiry(principal.expires_at.map(deadline_of));
     let readable = principal.scopes.read_topics();
-    let messages = state.limits.message_limiter();
+    let messages = state.limits.message_limiter().map(Box::new);
     let span = tracing::debug_span!("ws", conn = %conn_id, key_id = %principal.key_id);
-    let mut session = Session { state, principal, outbox, reg, readable, messages, _slot: None };
+    let mut session = Session { state, outbox, reg, readable, messages, _slot: None };
+    let opening = Box::new(Opening {
+        principal,
+        expected: admission.expected,
+        unauthenticated: admission.unauthenticated,
+    });
+    let connection = admission.connection;
     async move {
-        let exit = match Box::pin(session.open(
-            &mut conn,
-            admission.expected,
-            admission.unauthenticated,
-            conn_id,
-        ))
-        .await
-        {
+        let exit = match Box::pin(session.open(&mut conn, opening)).await {
             Ok(()) => session.serve(&mut conn).await,
-            Err(step) => step,
+            Err(step) => *step,
         };
         Box::pin(session.end(conn, exit)).await;
-        drop(admission.connection);
+        drop(connection);
     }
     .instrument(span)
 }
@@ -155,23 +161,24 @@ fn deadline_of(at: time::OffsetDateTime) -> tokio::time::Instant {
 impl Session {
     /// Takes a connection slot, waits for the auth message and authenticates it; gives the
     /// unauthenticated-socket permit back once that is decided.
+    /// (The error is boxed: the result is held while `serve` runs.)
     async fn open<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         conn: &mut Conn<S>,
-        expected: TokenHash,
-        unauthenticated: OwnedSemaphorePermit,
-        conn_id: ConnId,
-    ) -> Result<(), Step> {
-        self.take_slot(conn_id).await.map_err(Step::Close)?;
-        let first =
-            conn.first_message(self.state.config.auth_timeout).await.inspect_err(|step| {
-                if matches!(step, Step::Close(CloseCode::AuthTimeout)) {
-                    self.state.metrics.auth_failure("ws_auth_timeout");
-                }
-            })?;
-        let authed = self.authenticate(first, &expected, conn_id).await;
+        opening: Box<Opening>,
+    ) -> Result<(), Box<Step>> {
+        let Opening { principal, expected, unauthenticated } = *opening;
+        let close = |code| Box::new(Step::Close(code));
+        self.take_slot(&principal).await.map_err(close)?;
+        let first = conn.first_message(self.state.config.auth_timeout).await.map_err(|step| {
+            if matches!(step, Step::Close(CloseCode::AuthTimeout)) {
+                self.state.metrics.auth_failure("ws_auth_timeout");
+            }
+            Box::new(step)
+        })?;
+        let authed = self.authenticate(first, &principal, &expected).await;
         drop(unauthenticated);
-        authed.map_err(Step::Close)
+        authed.map_err(close)
     }
 
     /// Closes with the session's exit code (or completes the client's close).
@@ -187,8 +194,8 @@ impl Session {
     }
 
     /// Takes a connection slot for the key and account; a race past a cap is 4029.
-    async fn take_slot(&mut self, conn: ConnId) -> Result<(), CloseCode> {
-        let (key, account) = (&self.principal.key_id, &self.principal.account);
+    async fn take_slot(&mut self, principal: &Principal) -> Result<(), CloseCode> {
+        let (key, account, conn) = (&principal.key_id, &principal.account, self.reg.conn);
         match slots::acquire(&self.state.slots, key, account, conn, self.state.caps()).await {
             Ok(Ok(slot)) => {
                 self._slot = Some(slot);
@@ -209,8 +216,8 @@ impl Session {
     async fn authenticate(
         &mut self,
         first: Message,
+        principal: &Principal,
         expected: &TokenHash,
-        conn_id: ConnId,
     ) -> Result<(), CloseCode> {
         let Message::Text(text) = first else {
             return Err(self.auth_failed("ws_auth_invalid_message"));
@@ -225,9 +232,9 @@ impl Session {
         }
         let success = ServerMessage::AuthSuccess {
             message: "Authenticated successfully",
-            connection_id: conn_id.to_string(),
-            key_id: self.principal.key_id.to_string(),
-            environment: self.principal.environment,
+            connection_id: self.reg.conn.to_string(),
+            key_id: principal.key_id.to_string(),
+            environment: principal.environment,
             channels: self.readable.to_vec(),
         };
         self.send(success);
