@@ -40,9 +40,24 @@ async fn loadtest(s: &Server, args: &[&str]) -> Value {
         "loadtest {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    json_line(&out)
+}
+
+/// The JSON line of a loadtest run.
+fn json_line(out: &std::process::Output) -> Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().find(|l| l.starts_with('{')).expect("a JSON line");
+    let line = stdout.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| {
+        panic!("no JSON line; stderr: {}", String::from_utf8_lossy(&out.stderr))
+    });
     serde_json::from_str(line).expect("valid JSON")
+}
+
+/// Waits for a loadtest process, at most 120 s.
+async fn finish(cmd: &mut tokio::process::Command) -> std::process::Output {
+    tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .expect("loadtest finished within 120 s")
+        .expect("loadtest output")
 }
 
 async fn run(s: &Server, token: &str, args: &[&str]) -> std::process::Output {
@@ -57,11 +72,7 @@ async fn run(s: &Server, token: &str, args: &[&str]) -> std::process::Output {
         .env("LOADTEST_ADMIN_TOKEN", ADMIN_TOKEN)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let child = cmd.spawn().expect("spawn loadtest");
-    tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
-        .await
-        .expect("loadtest finished within 120 s")
-        .expect("loadtest output")
+    finish(&mut cmd).await
 }
 
 fn u(v: &Value, path: &str) -> u64 {
@@ -144,10 +155,7 @@ async fn storm_counts_handshakes_and_refusals() {
     // says so.
     let last = if s.token.ends_with('x') { 'y' } else { 'x' };
     let bad = format!("{}{last}", &s.token[..s.token.len() - 1]);
-    let out = run(&s, &bad, &["storm", "--clients", "50"]).await;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().find(|l| l.starts_with('{')).expect("a JSON line");
-    let r: Value = serde_json::from_str(line).expect("JSON");
+    let r = json_line(&run(&s, &bad, &["storm", "--clients", "50"]).await);
     assert_eq!(u(&r, "results.authenticated"), 0, "{r}");
     assert_eq!(u(&r, "results.failed.refused"), 50, "{r}");
 }
@@ -182,26 +190,11 @@ async fn a_server_that_never_answers_cannot_hang_a_run() {
             .stderr(Stdio::piped());
         cmd
     };
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        loadtest(&["storm", "--clients", "20"]).output(),
-    )
-    .await
-    .expect("storm ended")
-    .expect("output");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().find(|l| l.starts_with('{')).expect("a JSON line");
-    let r: Value = serde_json::from_str(line).expect("JSON");
+    let r = json_line(&finish(&mut loadtest(&["storm", "--clients", "20"])).await);
     assert_eq!(u(&r, "results.authenticated"), 0, "{r}");
     assert_eq!(u(&r, "results.failed.io"), 20, "{r}");
 
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        loadtest(&["idle", "--clients", "5"]).output(),
-    )
-    .await
-    .expect("idle ended")
-    .expect("output");
+    let out = finish(&mut loadtest(&["idle", "--clients", "5"])).await;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no auth.success within"), "{err}");
