@@ -50,7 +50,7 @@ pub struct Target {
     #[arg(long, default_value_t = 500)]
     pub ramp_concurrency: usize,
     /// Seconds one client may take from connecting to `auth.success` before it counts as
-    /// failed (so a server that stops answering cannot hang a run).
+    /// failed (so a server that stops answering cannot hang a run); at least 1.
     #[arg(long, default_value_t = 30)]
     pub handshake_timeout_secs: u64,
 }

@@ -238,17 +238,11 @@ impl Hub {
     /// Removes the session owning `outbox` from `key` (a client's `unsubscribe`); the last
     /// one leaving schedules the dissolve.
     pub fn unsubscribe(&self, key: &ChannelKey, outbox: &Arc<Outbox>) {
-        let Some(ch) = self.channels.get(key).map(|c| c.clone()) else { return };
-        let now_empty = {
-            let mut subs = ch.subs.lock();
+        self.change_subs(key, |subs| {
             let before = subs.list.len();
             subs.list.retain(|s| !Arc::ptr_eq(&s.outbox, outbox));
-            let removed = before != subs.list.len();
-            removed && subs.sweep()
-        };
-        if now_empty {
-            self.schedule_dissolve(key.clone());
-        }
+            before != subs.list.len() && subs.sweep()
+        });
     }
 
     /// A session ended: retires its `outbox` (no more frames) and counts it out of `keys`,
@@ -257,15 +251,20 @@ impl Hub {
     pub fn leave(&self, keys: impl IntoIterator<Item = ChannelKey>, outbox: &Outbox) {
         outbox.retire();
         for key in keys {
-            let Some(ch) = self.channels.get(&key).map(|c| c.clone()) else { continue };
-            let now_empty = {
-                let mut subs = ch.subs.lock();
+            self.change_subs(&key, |subs| {
                 subs.retired += 1;
                 subs.retired * 2 >= subs.list.len() && subs.sweep()
-            };
-            if now_empty {
-                self.schedule_dissolve(key);
-            }
+            });
+        }
+    }
+
+    /// Applies `change` to `key`'s subscriber list under its lock; when `change` reports the
+    /// list empty, schedules the channel's dissolve.
+    fn change_subs(&self, key: &ChannelKey, change: impl FnOnce(&mut Subs) -> bool) {
+        let Some(ch) = self.channels.get(key).map(|c| c.clone()) else { return };
+        let now_empty = change(&mut ch.subs.lock());
+        if now_empty {
+            self.schedule_dissolve(key.clone());
         }
     }
 

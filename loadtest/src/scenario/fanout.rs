@@ -132,9 +132,10 @@ pub async fn run(o: Fanout, slow: usize, slow_rcvbuf: u32) -> anyhow::Result<Rep
     let mut publisher =
         if o.listen_only { None } else { Some(connect_publisher(&o.publisher).await?) };
     let mut stalled = Vec::with_capacity(slow);
+    let dial = o.target.dial();
     for i in 0..slow {
         let rcvbuf = (slow_rcvbuf > 0).then_some(slow_rcvbuf);
-        let c = connect_authed_with(&o.target.dial(), o.target.source(i), rcvbuf)
+        let c = connect_authed_with(&dial, o.target.source(i), rcvbuf)
             .await
             .map_err(|e| anyhow!("stalled client {i}: {e:?}"))?;
         stalled.push(c);
