@@ -13,6 +13,7 @@ mod http_admin;
 mod ip_allowlist;
 mod key_lifecycle;
 mod key_store;
+mod operability;
 mod parsers;
 mod protection;
 mod redis_mode;
