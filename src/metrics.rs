@@ -1,4 +1,5 @@
-//! Node metrics and their Prometheus text export (admin listener `/metrics`).
+//! Node metrics and their text exports (admin listener `/metrics`): the Prometheus text
+//! format 0.0.4 by default, OpenMetrics 1.0 when the scraper asks for it.
 //!
 //! Owns: metric names and help texts.  May use: prometheus-client.  Never: label a metric
 //! with a secret or any unbounded value (only codes from closed sets).
@@ -6,7 +7,12 @@
 
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{exponential_buckets, Histogram},
+    },
     registry::Registry,
 };
 
@@ -24,6 +30,11 @@ pub struct SecretLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabel {
     pub limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -46,6 +57,10 @@ pub struct Metrics {
     pub slow_consumer_closes: Counter,
     pub broker_gaps: Counter,
     pub rate_limited: Family<LimitLabel, Counter>,
+    /// Requests refused by a policy rather than a rate (an `Origin` not allowed, …).
+    pub refused: Family<ReasonLabel, Counter>,
+    /// From the start of a `/v1/ws` request to `auth.success` being queued.
+    pub handshake_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -70,6 +85,9 @@ impl Metrics {
             slow_consumer_closes: Counter::default(),
             broker_gaps: Counter::default(),
             rate_limited: Family::default(),
+            refused: Family::default(),
+            // 1 ms … ~16 s.
+            handshake_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
         };
         let r = &mut m.registry;
         r.register(
@@ -132,7 +150,21 @@ impl Metrics {
             "Requests and connections refused by a limit",
             m.rate_limited.clone(),
         );
+        r.register(
+            "requests_refused",
+            "Requests and upgrades refused by a policy, by reason",
+            m.refused.clone(),
+        );
+        r.register(
+            "ws_handshake_seconds",
+            "Time from a WebSocket request to auth.success",
+            m.handshake_seconds.clone(),
+        );
         m
+    }
+
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     pub fn rate_limited(&self, limit: &'static str) {
@@ -153,14 +185,46 @@ impl Metrics {
             .set(previous as i64);
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
+    /// Every metric in the OpenMetrics 1.0 text format.
+    pub fn render_openmetrics(&self) -> String {
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
         out
     }
+
+    /// Every metric in the Prometheus text format 0.0.4 (what every scraper reads).
+    pub fn render(&self) -> String {
+        openmetrics_to_text(&self.render_openmetrics())
+    }
+}
+
+/// Rewrites OpenMetrics text as the Prometheus text format 0.0.4: a counter family is named
+/// after its `_total` sample (`# TYPE x_total counter`), and `# UNIT` and `# EOF` lines go.
+fn openmetrics_to_text(open: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open.len());
+    for line in open.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -178,5 +242,21 @@ mod tests {
         assert!(text.contains("miteos_deliveries_total 3"), "{text}");
         assert!(text.contains("miteos_ws_closes_total{code=\"4009\"} 1"), "{text}");
         assert!(text.contains("miteos_connections_open 0"), "{text}");
+        assert!(text.contains("# TYPE miteos_deliveries_total counter\n"), "{text}");
+        assert!(!text.contains("# EOF"), "{text}");
+        let open = m.render_openmetrics();
+        assert!(open.contains("# TYPE miteos_deliveries counter\n"), "{open}");
+        assert!(open.ends_with("# EOF\n"), "{open}");
+    }
+
+    #[test]
+    fn histograms_render_buckets_in_both_formats() {
+        let m = Metrics::new();
+        m.handshake_seconds.observe(0.003);
+        for text in [m.render(), m.render_openmetrics()] {
+            assert!(text.contains("# TYPE miteos_ws_handshake_seconds histogram"), "{text}");
+            assert!(text.contains("miteos_ws_handshake_seconds_bucket{le=\"0.004\"} 1"), "{text}");
+            assert!(text.contains("miteos_ws_handshake_seconds_count 1"), "{text}");
+        }
     }
 }

@@ -42,15 +42,24 @@ pub async fn readyz(state: &AppState) -> Response<Full<Bytes>> {
     body::json(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "unavailable", "reason": reason}))
 }
 
-pub fn metrics(state: &Arc<AppState>) -> Response<Full<Bytes>> {
+/// The metrics in the Prometheus text format 0.0.4, or OpenMetrics 1.0 when the `Accept`
+/// header asks for `application/openmetrics-text`.
+pub fn metrics(state: &Arc<AppState>, accept: Option<&str>) -> Response<Full<Bytes>> {
     let (current, previous) = state.hub.sessions_by_secret();
     state.metrics.set_by_secret(current, previous);
-    let mut resp = Response::new(Full::new(Bytes::from(state.metrics.render())));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(
+    let openmetrics = accept.is_some_and(|a| {
+        a.split(',')
+            .any(|t| t.trim().to_ascii_lowercase().starts_with("application/openmetrics-text"))
+    });
+    let (text, content_type) = if openmetrics {
+        (
+            state.metrics.render_openmetrics(),
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        ),
-    );
+        )
+    } else {
+        (state.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(text)));
+    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     resp
 }

@@ -59,7 +59,10 @@ async fn dispatch(
         (Public, p) if p == "/v1/api-keys" || p.starts_with("/v1/api-keys/") => {
             api_keys::handle(req, client, state).await
         }
-        (Admin, "/metrics") if m == Method::GET => health::metrics(state),
+        (Admin, "/metrics") if m == Method::GET => {
+            let accept = req.headers().get(hyper::header::ACCEPT).and_then(|v| v.to_str().ok());
+            health::metrics(state, accept)
+        }
         (Admin, "/internal/v1/publish") if m == Method::POST => publish::handle(req, state).await,
         (_, "/healthz" | "/readyz") | (Admin, "/metrics" | "/internal/v1/publish") => {
             ApiError::method_not_allowed().into_response()

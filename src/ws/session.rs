@@ -77,6 +77,8 @@ pub struct Admission {
     pub expected: TokenHash,
     pub connection: Option<ConnPermit>,
     pub unauthenticated: OwnedSemaphorePermit,
+    /// When the `/v1/ws` request arrived (for the handshake-time histogram).
+    pub started: std::time::Instant,
 }
 
 /// What only the authentication phase needs; boxed, and dropped when that phase ends.
@@ -84,6 +86,7 @@ struct Opening {
     principal: Principal,
     expected: TokenHash,
     unauthenticated: OwnedSemaphorePermit,
+    started: std::time::Instant,
 }
 
 /// Runs a session on an upgraded socket. `admission.expected` is the hash of the credential
@@ -138,6 +141,7 @@ where
         principal,
         expected: admission.expected,
         unauthenticated: admission.unauthenticated,
+        started: admission.started,
     });
     let connection = admission.connection;
     async move {
@@ -167,7 +171,7 @@ impl Session {
         conn: &mut Conn<S>,
         opening: Box<Opening>,
     ) -> Result<(), Box<Step>> {
-        let Opening { principal, expected, unauthenticated } = *opening;
+        let Opening { principal, expected, unauthenticated, started } = *opening;
         let close = |code| Box::new(Step::Close(code));
         self.take_slot(&principal).await.map_err(close)?;
         let first = conn.first_message(self.state.config.auth_timeout).await.map_err(|step| {
@@ -178,6 +182,9 @@ impl Session {
         })?;
         let authed = self.authenticate(first, &principal, &expected).await;
         drop(unauthenticated);
+        if authed.is_ok() {
+            self.state.metrics.handshake_seconds.observe(started.elapsed().as_secs_f64());
+        }
         authed.map_err(close)
     }
 

@@ -41,6 +41,7 @@ async fn check_and_upgrade(
     client: IpAddr,
     state: &Arc<AppState>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
+    let started = std::time::Instant::now();
     if req.method() != Method::GET {
         return Err(ApiError::method_not_allowed());
     }
@@ -85,6 +86,7 @@ async fn check_and_upgrade(
         expected: TokenHash::of(&credential),
         connection: req.extensions_mut().remove::<ConnPermit>(),
         unauthenticated,
+        started,
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let st = state.clone();
@@ -117,7 +119,7 @@ fn check_origin(headers: &HeaderMap, allowed: &[String], state: &AppState) -> Re
     if allowed.is_empty() || origin.to_str().is_ok_and(|o| allowed.iter().any(|a| a == o)) {
         return Ok(());
     }
-    state.metrics.rate_limited("origin");
+    state.metrics.refused("origin_not_allowed");
     Err(ApiError::origin_not_allowed())
 }
 

@@ -13,6 +13,7 @@ mod http_admin;
 mod ip_allowlist;
 mod key_lifecycle;
 mod key_store;
+mod metrics;
 mod operability;
 mod parsers;
 mod protection;
