@@ -264,3 +264,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let _ = tokio::time::timeout(limit, self.ws.flush()).await;
     }
 }
+
+#[cfg(test)]
+#[path = "conn_tests.rs"]
+mod tests;

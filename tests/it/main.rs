@@ -8,6 +8,7 @@ mod support;
 
 mod api_keys;
 mod binary;
+mod broker_conformance;
 mod config_file;
 mod http_admin;
 mod ip_allowlist;

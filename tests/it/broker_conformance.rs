@@ -1,0 +1,135 @@
+//! The `Broker` conformance suite: one set of rules, run against the in-process broker and
+//! the Redis broker (on a private redis-server), through the `Broker` and `Deliver` traits
+//! only — no Hub, no sockets.
+
+use std::{
+    sync::{Arc, Mutex, Weak},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use miteos_stream::{
+    broker::{
+        memory::MemoryBroker, redis::RedisBroker, Broker, ChannelKey, ControlMessage, Deliver,
+        Delivery,
+    },
+    ids::{AccountId, KeyId},
+    redis_link::RedisLink,
+    scope::{Environment, Topic},
+};
+
+use crate::support::RedisServer;
+
+/// A handler that records what the broker hands over.
+#[derive(Default)]
+struct Recorder {
+    seen: Mutex<Vec<String>>,
+}
+
+impl Deliver for Recorder {
+    fn deliver(&self, d: Delivery) {
+        let line = match d {
+            Delivery::Event { channel, event } => format!("event {channel} {}", event.name),
+            Delivery::Malformed { channel, .. } => format!("malformed {channel}"),
+            Delivery::Control(ControlMessage::Revoke { key_id }) => format!("revoke {key_id}"),
+            Delivery::Control(other) => format!("control {other:?}"),
+            Delivery::Gap => "gap".into(),
+        };
+        self.seen.lock().unwrap().push(line);
+    }
+}
+
+impl Recorder {
+    fn lines(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until `pred` holds for what was delivered.
+    async fn wait_for(&self, what: &str, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
+        for _ in 0..500 {
+            let lines = self.lines();
+            if pred(&lines) {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}; delivered: {:?}", self.lines());
+    }
+}
+
+fn channel(account: &str, topic: Topic) -> ChannelKey {
+    ChannelKey::new(Environment::Live, AccountId::parse(account).unwrap(), topic)
+}
+
+fn event(name: &str) -> Bytes {
+    Bytes::from(format!("{{\"event\":\"{name}\",\"data\":{{}}}}"))
+}
+
+/// Every rule a `Broker` must keep. `remote` is true for a broker whose subscriptions decide
+/// what reaches this node (Redis); the in-process broker delivers every publish.
+async fn conformance(broker: Arc<dyn Broker>, rec: Arc<Recorder>, remote: bool) {
+    broker.ping().await.expect("ping");
+    assert!(broker.ready());
+    let tasks = channel("acct_a", Topic::Tasks);
+    broker.subscribe(&tasks).await.expect("subscribe");
+    broker.subscribe(&tasks).await.expect("subscribe is idempotent");
+
+    // Events of a subscribed channel arrive once each, in publish order.
+    for i in 0..50 {
+        broker.publish(&tasks, event(&format!("task.n{i}"))).await.expect("publish");
+    }
+    let lines = rec.wait_for("50 events", |l| l.len() >= 50).await;
+    let want: Vec<String> =
+        (0..50).map(|i| format!("event mt:live:acct_a:tasks task.n{i}")).collect();
+    assert_eq!(lines, want);
+
+    // A malformed producer message reaches the handler as Malformed, never as an event.
+    let _ = broker.publish(&tasks, Bytes::from_static(b"{not json")).await;
+    rec.wait_for("a malformed message", |l| l.iter().any(|x| x.starts_with("malformed"))).await;
+
+    // A control message reaches this node's handler.
+    let key_id = KeyId::generate();
+    broker.publish_control(&ControlMessage::Revoke { key_id: key_id.clone() }).await.unwrap();
+    let want = format!("revoke {key_id}");
+    rec.wait_for("the revocation", |l| l.contains(&want)).await;
+
+    if remote {
+        // After unsubscribing, the channel's events no longer reach this node; a channel
+        // never subscribed never did.
+        broker.unsubscribe(&tasks).await.expect("unsubscribe");
+        broker.unsubscribe(&tasks).await.expect("unsubscribe is idempotent");
+        let before = rec.lines().len();
+        broker.publish(&tasks, event("task.after")).await.expect("publish");
+        broker.publish(&channel("acct_b", Topic::Agents), event("agent.x")).await.unwrap();
+        // A marker on a subscribed channel: once it is in, the two above had their chance.
+        let marker = channel("acct_c", Topic::Billing);
+        broker.subscribe(&marker).await.unwrap();
+        broker.publish(&marker, event("billing.marker")).await.unwrap();
+        let lines = rec.wait_for("the marker", |l| l.iter().any(|x| x.contains("marker"))).await;
+        assert_eq!(lines[before..], ["event mt:live:acct_c:billing billing.marker".to_owned()]);
+    }
+}
+
+#[tokio::test]
+async fn the_memory_broker_keeps_the_broker_rules() {
+    let rec = Arc::new(Recorder::default());
+    let handler: Weak<dyn Deliver> = Arc::downgrade(&(rec.clone() as Arc<dyn Deliver>));
+    let broker = Arc::new(MemoryBroker::new(handler, 64 * 1024));
+    conformance(broker, rec, false).await;
+}
+
+#[tokio::test]
+async fn the_redis_broker_keeps_the_broker_rules() {
+    let redis = RedisServer::start().await;
+    let rec = Arc::new(Recorder::default());
+    let handler: Weak<dyn Deliver> = Arc::downgrade(&(rec.clone() as Arc<dyn Deliver>));
+    let link = Arc::new(RedisLink::new(&redis.url()).expect("url"));
+    let broker = Arc::new(RedisBroker::start(link, handler, 64 * 1024));
+    for _ in 0..500 {
+        if broker.ready() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    conformance(broker, rec, true).await;
+}
