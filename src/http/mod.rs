@@ -53,6 +53,8 @@ async fn dispatch(
         (_, "/healthz") if m == Method::GET => health::healthz(),
         (_, "/readyz") if m == Method::GET => health::readyz(state).await,
         (Public, "/v1/ws") => ws::upgrade::handle(req, client, state).await,
+        #[cfg(feature = "conformance")]
+        (Public, "/conformance/echo") => ws::echo::handle(req, state).await,
         (Public, "/v1/ws/tickets") if m == Method::POST => {
             tickets::handle(req, client, state).await
         }

@@ -259,6 +259,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// Writes one message now, after whatever is queued (the conformance echo's binary
+    /// replies; sessions only ever send text through the Outbox).
+    #[cfg(feature = "conformance")]
+    pub async fn send_now(&mut self, msg: Message) -> Result<(), WsError> {
+        while !self.pending.is_empty() || self.unflushed {
+            let mut failed = None;
+            poll_fn(|cx| match self.poll_write(cx) {
+                Ok(()) if self.pending.is_empty() && !self.unflushed => Poll::Ready(()),
+                Ok(()) => Poll::Pending,
+                Err(e) => {
+                    failed = Some(e);
+                    Poll::Ready(())
+                }
+            })
+            .await;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        }
+        self.ws.send(msg).await
+    }
+
     /// After the client's close: flush the automatic close reply, briefly.
     pub async fn finish(mut self, limit: Duration) {
         let _ = tokio::time::timeout(limit, self.ws.flush()).await;

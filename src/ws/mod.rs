@@ -4,5 +4,7 @@
 //! May use: state, auth, hub, outbox, protocol.  Never: spawn a task per message.
 
 pub mod conn;
+#[cfg(feature = "conformance")]
+pub mod echo;
 pub mod session;
 pub mod upgrade;
