@@ -99,6 +99,9 @@ pub struct Config {
     pub ws_read_buffer_bytes: usize,
     /// Bytes of frames a connection's writer gathers before a `write()` (coalescing).
     pub ws_write_buffer_bytes: usize,
+    /// Accept production (mt_live_) keys on requests that carry an Origin header (a browser).
+    /// Off by default: browsers should connect with tickets (403 live_key_in_browser otherwise).
+    pub allow_live_keys_in_browser: bool,
 }
 
 impl Default for Config {
@@ -137,6 +140,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             ws_read_buffer_bytes: 1024,
             ws_write_buffer_bytes: 16 * 1024,
+            allow_live_keys_in_browser: false,
         }
     }
 }
@@ -395,6 +399,6 @@ mod tests {
         assert!(
             names.contains(&"redis_url".to_owned()) && names.contains(&"auth_timeout".to_owned())
         );
-        assert_eq!(names.len(), 33);
+        assert_eq!(names.len(), 34);
     }
 }

@@ -49,6 +49,10 @@ async fn dispatch(
     let path = req.uri().path().to_owned();
     let m = req.method();
     let client = client_ip::client_ip(peer.ip(), req.headers(), &state.config.trusted_proxies);
+    if listener == Public && path.starts_with("/v1/") && live_key_from_browser(&req, state) {
+        state.metrics.refused("live_key_in_browser");
+        return ApiError::live_key_in_browser().into_response();
+    }
     match (listener, path.as_str()) {
         (_, "/healthz") if m == Method::GET => health::healthz(),
         (_, "/readyz") if m == Method::GET => health::readyz(state).await,
@@ -71,4 +75,16 @@ async fn dispatch(
         }
         _ => ApiError::not_found().into_response(),
     }
+}
+
+/// SPEC §4.1: a production key on a request with an `Origin` (a browser), unless allowed.
+/// Tickets (`mt_live_tk_…`) are what browsers should use and pass.
+fn live_key_from_browser(req: &Request<Incoming>, state: &AppState) -> bool {
+    if state.config.allow_live_keys_in_browser || !req.headers().contains_key(hyper::header::ORIGIN)
+    {
+        return false;
+    }
+    let is_live_key = |c: &str| c.starts_with("mt_live_") && !c.starts_with("mt_live_tk_");
+    body::bearer(req).is_some_and(is_live_key)
+        || ws::upgrade::query_param(req.uri().query(), "token").is_some_and(|t| is_live_key(&t))
 }

@@ -9,6 +9,7 @@ mod support;
 mod api_keys;
 mod binary;
 mod broker_conformance;
+mod browser_keys;
 mod config_file;
 mod http_admin;
 mod ip_allowlist;

@@ -9,6 +9,8 @@ mod support;
 
 #[path = "../it/api_keys.rs"]
 mod api_keys;
+#[path = "../it/browser_keys.rs"]
+mod browser_keys;
 #[path = "../it/http_admin.rs"]
 mod http_admin;
 #[path = "../it/ip_allowlist.rs"]
