@@ -1,63 +1,245 @@
-//! What a node does when it may have missed control messages: after the broker reconnects
-//! (a `Gap`), every open session's key is checked against the store again, so a revocation or
-//! rotation published during the outage still closes its streams here.
+//! What control messages (revocations, a rotation's retirements) do on this node, and how a
+//! node heals when it may have missed one.
 //!
-//! Owns: the revalidation pass.  May use: hub, keys (store).  Never: block the Hub; close a
-//! stream because its record is missing (data loss is not revocation).
+//! - `Revoke` forgets the key's cached copy and closes its streams (4003).
+//! - `Retire` arms one timer per secret (idempotent: the same secret announced twice arms one
+//!   timer; a later deadline replaces the earlier) on a single timer task per node; when it
+//!   fires, the secret's streams close (4003). A deadline already past closes them at once.
+//! - Every `key_cache_ttl`, and after every broker gap, the keys of all open streams are read
+//!   again from the store (one read per distinct key, a few at a time): a revocation or a
+//!   rotation whose message was lost still takes effect within that time.
+//!
+//! Owns: the retiring secrets and their timers, the revalidation pass.  May use: hub, keys
+//! (store, cache), broker (ControlMessage).  Never: block the Hub; close a stream because its
+//! record is missing (data loss is not revocation).
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Weak},
+    time::Duration,
+};
 
+use dashmap::DashMap;
+use futures::StreamExt;
+use parking_lot::Mutex;
 use time::OffsetDateTime;
 
 use crate::{
-    broker::ControlMessage, hub::Hub, ids::KeyId, keys::KeyStore, protocol::close::CloseCode,
-    shutdown::Shutdown, token::TokenHash,
+    broker::ControlMessage,
+    hub::Hub,
+    ids::KeyId,
+    keys::{cache::KeyCache, KeyStore},
+    protocol::close::CloseCode,
+    shutdown::Shutdown,
+    token::TokenHash,
 };
 
-/// Runs a revalidation after every broker gap, until shutdown.
-pub fn spawn_revalidation(hub: Arc<Hub>, store: Arc<dyn KeyStore>, shutdown: &Shutdown) {
-    let token = shutdown.token.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = token.cancelled() => return,
-                _ = hub.gap_seen() => revalidate(&hub, store.as_ref()).await,
-            }
-        }
-    });
+/// Store reads in flight at once during a revalidation.
+const REVALIDATE_CONCURRENCY: usize = 16;
+
+pub struct Control {
+    hub: Arc<Hub>,
+    store: Arc<dyn KeyStore>,
+    cache: Arc<KeyCache>,
+    /// Secrets inside a rotation's grace: their key and when the grace ends.
+    retiring: DashMap<TokenHash, (KeyId, OffsetDateTime)>,
+    /// The timer wheel: one entry per retiring secret, ordered by deadline.
+    timers: Mutex<BTreeMap<(OffsetDateTime, TokenHash), KeyId>>,
+    /// Wakes the timer task when an earlier deadline is armed.
+    rearmed: tokio::sync::Notify,
 }
 
-/// Closes (4003) the sessions whose key or secret is no longer valid, and re-arms the
-/// retirement of secrets inside a rotation's grace.
-pub async fn revalidate(hub: &Hub, store: &dyn KeyStore) {
-    let mut by_key: HashMap<KeyId, Vec<TokenHash>> = HashMap::new();
-    for (key_id, secret) in hub.session_keys() {
-        by_key.entry(key_id).or_default().push(secret);
+impl Control {
+    /// Builds the node's control handling and installs it as the Hub's control handler.
+    pub fn install(hub: Arc<Hub>, store: Arc<dyn KeyStore>, cache: Arc<KeyCache>) -> Arc<Self> {
+        let control = Arc::new(Self {
+            hub: hub.clone(),
+            store,
+            cache,
+            retiring: DashMap::new(),
+            timers: Mutex::new(BTreeMap::new()),
+            rearmed: tokio::sync::Notify::new(),
+        });
+        let weak: Weak<Control> = Arc::downgrade(&control);
+        hub.set_control_handler(Box::new(move |msg| {
+            if let Some(c) = weak.upgrade() {
+                c.apply(msg);
+            }
+        }));
+        control
     }
-    let now = OffsetDateTime::now_utc();
-    for (key_id, secrets) in by_key {
-        let rec = match store.get(&key_id).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(key_id = %key_id, error = %e, "cannot revalidate sessions now");
+
+    /// Applies a control message from any node (this one included).
+    pub fn apply(&self, msg: ControlMessage) {
+        match msg {
+            ControlMessage::Revoke { key_id } => {
+                self.cache.invalidate(&key_id);
+                let n = self.hub.close_revoked_key(&key_id);
+                tracing::info!(key_id = %key_id, closed = n, "key revoked");
+            }
+            ControlMessage::Retire { key_id, secret, at } => {
+                self.cache.invalidate(&key_id);
+                if at <= OffsetDateTime::now_utc() {
+                    self.retire_now(&key_id, &secret);
+                } else {
+                    self.arm(key_id, secret, at);
+                }
+            }
+        }
+    }
+
+    fn retire_now(&self, key_id: &KeyId, secret: &TokenHash) {
+        if let Some((_, (_, at))) = self.retiring.remove(secret) {
+            self.timers.lock().remove(&(at, *secret));
+        }
+        let n = self.hub.close_retired_secret(key_id, secret);
+        tracing::info!(key_id = %key_id, closed = n, "rotated secret retired");
+    }
+
+    /// Arms (or moves) the one timer of `secret`.
+    fn arm(&self, key_id: KeyId, secret: TokenHash, at: OffsetDateTime) {
+        let mut timers = self.timers.lock();
+        if let Some(old) = self.retiring.get(&secret).map(|e| e.1) {
+            if old == at {
                 return;
             }
-        };
-        // Only positive evidence closes a stream: a record that vanished (a Redis restarted
-        // without persistence) says nothing about revocation.
-        let Some(rec) = rec else { continue };
-        if rec.revoked_at.is_some() || rec.expires_at.is_some_and(|t| t <= now) {
-            hub.close_key(&key_id, None, CloseCode::KeyRevoked);
-            continue;
+            timers.remove(&(old, secret));
         }
-        for secret in secrets {
-            match rec.secrets.iter().find(|s| s.hash == secret) {
-                None => {
-                    hub.close_key(&key_id, Some(&secret), CloseCode::KeyRevoked);
+        self.retiring.insert(secret, (key_id.clone(), at));
+        let earliest = timers.keys().next().is_none_or(|first| (at, secret) < *first);
+        timers.insert((at, secret), key_id);
+        drop(timers);
+        if earliest {
+            self.rearmed.notify_one();
+        }
+    }
+
+    /// Whether `secret` is inside a rotation's grace (for the per-secret connection gauge).
+    pub fn is_retiring(&self, secret: &TokenHash) -> bool {
+        self.retiring.contains_key(secret)
+    }
+
+    /// Timers armed on this node (one per retiring secret).
+    pub fn pending_timers(&self) -> usize {
+        self.timers.lock().len()
+    }
+
+    /// Starts the timer task and the periodic revalidation (every `recheck_every` and after
+    /// every broker gap), until shutdown.
+    pub fn spawn(self: &Arc<Self>, shutdown: &Shutdown, recheck_every: Duration) {
+        let (me, token) = (self.clone(), shutdown.token.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = me.run_timers() => {}
+            }
+        });
+        let (me, token) = (self.clone(), shutdown.token.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(recheck_every.max(Duration::from_secs(1)));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            every.tick().await;
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = me.hub.gap_seen() => {
+                        // Revocations may have been missed: trust no cached key.
+                        me.cache.clear();
+                        me.revalidate().await;
+                    }
+                    _ = every.tick() => me.revalidate().await,
                 }
-                Some(s) => {
-                    if let Some(at) = s.retires_at {
-                        hub.apply(ControlMessage::Retire { key_id: key_id.clone(), secret, at });
+            }
+        });
+    }
+
+    async fn run_timers(&self) {
+        loop {
+            let next = self.timers.lock().keys().next().map(|(at, _)| *at);
+            let wait = next.map(|at| {
+                Duration::try_from(at - OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO)
+            });
+            match wait {
+                Some(d) if d.is_zero() => self.fire_due(),
+                Some(d) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => self.fire_due(),
+                        _ = self.rearmed.notified() => {}
+                    }
+                }
+                None => self.rearmed.notified().await,
+            }
+        }
+    }
+
+    fn fire_due(&self) {
+        let now = OffsetDateTime::now_utc();
+        let due: Vec<(TokenHash, KeyId)> = {
+            let mut timers = self.timers.lock();
+            let mut due = Vec::new();
+            while let Some(entry) = timers.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                let ((_, secret), key_id) = entry.remove_entry();
+                due.push((secret, key_id));
+            }
+            due
+        };
+        for (secret, key_id) in due {
+            self.retiring.remove(&secret);
+            let n = self.hub.close_retired_secret(&key_id, &secret);
+            tracing::info!(key_id = %key_id, closed = n, "rotated secret retired");
+        }
+    }
+
+    /// Reads the record of every open stream's key again: closes (4003) the streams whose key
+    /// is revoked or expired or whose secret is gone, and arms the retirement of secrets in
+    /// grace. One read per distinct key, `REVALIDATE_CONCURRENCY` at a time.
+    pub async fn revalidate(&self) {
+        let mut by_key: HashMap<KeyId, Vec<TokenHash>> = HashMap::new();
+        for (key_id, secret) in self.hub.session_keys() {
+            by_key.entry(key_id).or_default().push(secret);
+        }
+        let store = &self.store;
+        let mut reads = futures::stream::iter(by_key)
+            .map(|(key_id, secrets)| async move {
+                let rec = store.get(&key_id).await;
+                (key_id, secrets, rec)
+            })
+            .buffer_unordered(REVALIDATE_CONCURRENCY);
+        let now = OffsetDateTime::now_utc();
+        while let Some((key_id, secrets, rec)) = reads.next().await {
+            let rec = match rec {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(key_id = %key_id, error = %e, "cannot revalidate sessions now");
+                    continue;
+                }
+            };
+            // Only positive evidence closes a stream: a record that vanished (a Redis restarted
+            // without persistence) says nothing about revocation.
+            let Some(rec) = rec else { continue };
+            if rec.revoked_at.is_some() {
+                self.apply(ControlMessage::Revoke { key_id });
+                continue;
+            }
+            if rec.expires_at.is_some_and(|t| t <= now) {
+                self.cache.invalidate(&key_id);
+                self.hub.close_key(&key_id, None, CloseCode::KeyRevoked);
+                continue;
+            }
+            for secret in secrets {
+                match rec.secrets.iter().find(|s| s.hash == secret) {
+                    None => self.retire_now(&key_id, &secret),
+                    Some(s) => {
+                        if let Some(at) = s.retires_at {
+                            self.apply(ControlMessage::Retire {
+                                key_id: key_id.clone(),
+                                secret,
+                                at,
+                            });
+                        }
                     }
                 }
             }

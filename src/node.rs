@@ -12,7 +12,7 @@ use crate::{
     auth::Authenticator,
     broker::{memory::MemoryBroker, redis::RedisBroker},
     config::Config,
-    control,
+    control::Control,
     http::Listener,
     hub::Hub,
     ids::random_base62,
@@ -63,7 +63,7 @@ impl Backends {
         let cache = Arc::new(KeyCache::new(config.key_cache_entries, config.key_cache_ttl));
         let max_event_bytes = config.max_event_bytes;
         let Some(url) = &config.redis_url else {
-            let hub = Hub::new(metrics.clone(), cache.clone(), |handler| {
+            let hub = Hub::new(metrics.clone(), |handler| {
                 Arc::new(MemoryBroker::new(handler, max_event_bytes))
             });
             return Ok(Self {
@@ -77,7 +77,7 @@ impl Backends {
         };
         let link = Arc::new(RedisLink::new(url).map_err(|e| NodeError::Redis(e.to_string()))?);
         let broker_link = link.clone();
-        let hub = Hub::new(metrics.clone(), cache.clone(), move |handler| {
+        let hub = Hub::new(metrics.clone(), move |handler| {
             Arc::new(RedisBroker::start(broker_link, handler, max_event_bytes))
         });
         Ok(Self {
@@ -129,7 +129,8 @@ impl Node {
         let public_addr = local(&public, config.listen)?;
         let admin_addr = local(&admin, config.admin_listen)?;
         let shutdown = Shutdown::new();
-        control::spawn_revalidation(b.hub.clone(), b.store.clone(), &shutdown);
+        let control = Control::install(b.hub.clone(), b.store.clone(), b.cache.clone());
+        control.spawn(&shutdown, config.key_cache_ttl);
         let limits = Arc::new(Limits::new(&config));
         spawn_pruning(limits.clone(), &shutdown);
         let permits =
@@ -148,6 +149,7 @@ impl Node {
             unauthenticated: permits(config.max_unauthenticated),
             config,
             hub: b.hub,
+            control,
             keys,
             metrics: b.metrics,
             shutdown,

@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use crate::{
     auth::Authenticator,
     config::Config,
+    control::Control,
     hub::Hub,
     keys::service::KeyService,
     metrics::Metrics,
@@ -29,6 +30,8 @@ pub struct AppState {
     /// Upgraded sockets not yet authenticated (`max_unauthenticated`).
     pub unauthenticated: Arc<Semaphore>,
     pub hub: Arc<Hub>,
+    /// Revocations, retirements and the periodic revalidation of open streams' keys.
+    pub control: Arc<Control>,
     pub keys: KeyService,
     pub auth: Authenticator,
     pub metrics: Arc<Metrics>,

@@ -45,7 +45,7 @@ pub async fn readyz(state: &AppState) -> Response<Full<Bytes>> {
 /// The metrics in the Prometheus text format 0.0.4, or OpenMetrics 1.0 when the `Accept`
 /// header asks for `application/openmetrics-text`.
 pub fn metrics(state: &Arc<AppState>, accept: Option<&str>) -> Response<Full<Bytes>> {
-    let (current, previous) = state.hub.sessions_by_secret();
+    let (current, previous) = state.hub.sessions_by_secret(|h| state.control.is_retiring(h));
     state.metrics.set_by_secret(current, previous);
     let openmetrics = accept.is_some_and(|a| {
         a.split(',')

@@ -1,0 +1,170 @@
+//! A channel's subscribers and the broker subscription behind them: joining (subscribing the
+//! broker for the first local subscriber, under the channel's lock), filters, leaving, and
+//! the delayed dissolve that unsubscribes the broker once nobody is left.
+//!
+//! May use: broker (trait), outbox, protocol::filter.  Never: hold a map guard across `.await`.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::{Hub, UNSUBSCRIBE_DELAY};
+use crate::{
+    broker::{BrokerError, ChannelKey},
+    outbox::Outbox,
+    protocol::filter::EventFilter,
+};
+
+/// One subscriber of one channel; the Outbox (compared by pointer) is its identity.
+pub(super) struct Sub {
+    pub(super) outbox: Arc<Outbox>,
+    pub(super) filter: Option<Arc<EventFilter>>,
+}
+
+/// A channel's subscribers. Joining is a push and leaving at session end is a count: the
+/// entries of ended (retired) sessions are swept out once they are half the list, so N
+/// sessions joining and leaving cost O(N), not O(N²).
+#[derive(Default)]
+pub(super) struct Subs {
+    pub(super) list: Vec<Sub>,
+    /// Leaves counted since the last sweep (may overcount: only decides when to sweep).
+    retired: usize,
+}
+
+impl Subs {
+    /// Drops the entries of retired sessions; returns whether the list is now empty.
+    pub(super) fn sweep(&mut self) -> bool {
+        self.list.retain(|s| !s.outbox.is_retired());
+        self.retired = 0;
+        self.list.is_empty()
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Channel {
+    pub(super) subs: Mutex<Subs>,
+    /// Whether the broker is subscribed; also serialises broker calls for this channel.
+    at_broker: tokio::sync::Mutex<bool>,
+}
+
+impl Hub {
+    /// Adds the session owning `outbox` to `key`, subscribing the broker first if this node
+    /// had no subscriber yet. On a broker error nothing changes. The caller makes sure the
+    /// session is not on `key` already (see `set_filter`).
+    pub async fn subscribe(
+        &self,
+        key: &ChannelKey,
+        outbox: &Arc<Outbox>,
+        filter: Option<Arc<EventFilter>>,
+    ) -> Result<(), BrokerError> {
+        loop {
+            let ch = self.channels.entry(key.clone()).or_default().clone();
+            // The broker state and the subscriber list change together under the channel's
+            // lock, so `dissolve` (which holds it too) sees either both or neither.
+            let mut at_broker = ch.at_broker.lock().await;
+            if !*at_broker {
+                if let Err(e) = self.broker.subscribe(key).await {
+                    drop(at_broker);
+                    self.schedule_dissolve(key.clone()); // drop the empty channel we made
+                    return Err(e);
+                }
+                *at_broker = true;
+            }
+            // Add under the map guard too, so the channel cannot be removed in between.
+            if let Some(current) = self.channels.get(key) {
+                if Arc::ptr_eq(&current, &ch) {
+                    current.subs.lock().list.push(Sub { outbox: outbox.clone(), filter });
+                    return Ok(());
+                }
+            }
+            // The channel was dissolved while we waited for its lock: start again.
+        }
+    }
+
+    /// Replaces the event filter of the session owning `outbox` on `key` (a client
+    /// subscribing again to a channel it is on). Returns whether it was on `key`.
+    pub fn set_filter(
+        &self,
+        key: &ChannelKey,
+        outbox: &Arc<Outbox>,
+        filter: Option<Arc<EventFilter>>,
+    ) -> bool {
+        let Some(ch) = self.channels.get(key).map(|c| c.clone()) else { return false };
+        let mut subs = ch.subs.lock();
+        match subs.list.iter_mut().find(|s| Arc::ptr_eq(&s.outbox, outbox)) {
+            Some(s) => {
+                s.filter = filter;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes the session owning `outbox` from `key` (a client's `unsubscribe`); the last
+    /// one leaving schedules the dissolve.
+    pub fn unsubscribe(&self, key: &ChannelKey, outbox: &Arc<Outbox>) {
+        self.change_subs(key, |subs| {
+            let before = subs.list.len();
+            subs.list.retain(|s| !Arc::ptr_eq(&s.outbox, outbox));
+            before != subs.list.len() && subs.sweep()
+        });
+    }
+
+    /// A session ended: retires its `outbox` (no more frames) and counts it out of `keys`,
+    /// sweeping a channel's list once half of it is retired; a channel left with no live
+    /// subscriber schedules its dissolve.
+    pub fn leave(&self, keys: impl IntoIterator<Item = ChannelKey>, outbox: &Outbox) {
+        outbox.retire();
+        for key in keys {
+            self.change_subs(&key, |subs| {
+                subs.retired += 1;
+                subs.retired * 2 >= subs.list.len() && subs.sweep()
+            });
+        }
+    }
+
+    /// Applies `change` to `key`'s subscriber list under its lock; when `change` reports the
+    /// list empty, schedules the channel's dissolve.
+    fn change_subs(&self, key: &ChannelKey, change: impl FnOnce(&mut Subs) -> bool) {
+        let Some(ch) = self.channels.get(key).map(|c| c.clone()) else { return };
+        let now_empty = change(&mut ch.subs.lock());
+        if now_empty {
+            self.schedule_dissolve(key.clone());
+        }
+    }
+
+    fn schedule_dissolve(&self, key: ChannelKey) {
+        let me = self.me.clone();
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        rt.spawn(async move {
+            tokio::time::sleep(UNSUBSCRIBE_DELAY).await;
+            if let Some(hub) = me.upgrade() {
+                hub.dissolve(&key).await;
+            }
+        });
+    }
+
+    /// Drops a channel that is still empty and unsubscribes the broker.
+    async fn dissolve(&self, key: &ChannelKey) {
+        let Some(ch) = self.channels.get(key).map(|c| c.clone()) else { return };
+        // Under the channel's lock: no subscriber can join or subscribe the broker meanwhile.
+        let mut at_broker = ch.at_broker.lock().await;
+        if !ch.subs.lock().sweep() {
+            return;
+        }
+        if *at_broker {
+            // Unsubscribe while the channel is still in the map, so a newcomer waits for this
+            // lock instead of racing a SUBSCRIBE against this UNSUBSCRIBE.
+            if let Err(e) = self.broker.unsubscribe(key).await {
+                tracing::warn!(channel = %key, error = %e, "broker unsubscribe failed");
+            }
+            *at_broker = false;
+        }
+        self.channels.remove_if(key, |_, c| Arc::ptr_eq(c, &ch) && c.subs.lock().list.is_empty());
+    }
+
+    /// Channels with at least one local subscriber or not yet dissolved (for tests).
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+}

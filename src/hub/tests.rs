@@ -1,0 +1,168 @@
+//! Hub unit tests: channel join/leave/dissolve races, sweeping, filters, tombstones.
+
+use super::*;
+use crate::{
+    broker::{codec, BrokerError, Delivery},
+    ids::AccountId,
+    protocol::filter::EventFilter,
+    scope::{Environment, Topic},
+};
+use bytes::Bytes;
+use parking_lot::Mutex;
+use std::collections::HashSet;
+
+/// A broker that records its subscriptions and is slow to unsubscribe (widening races).
+#[derive(Default)]
+struct Recording {
+    desired: Mutex<HashSet<ChannelKey>>,
+}
+
+#[async_trait::async_trait]
+impl Broker for Recording {
+    async fn subscribe(&self, ch: &ChannelKey) -> Result<(), BrokerError> {
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        self.desired.lock().insert(ch.clone());
+        Ok(())
+    }
+    async fn unsubscribe(&self, ch: &ChannelKey) -> Result<(), BrokerError> {
+        tokio::time::sleep(Duration::from_millis(7)).await;
+        self.desired.lock().remove(ch);
+        Ok(())
+    }
+    async fn publish(&self, _: &ChannelKey, _: Bytes) -> Result<(), BrokerError> {
+        Ok(())
+    }
+    async fn publish_control(&self, _: &ControlMessage) -> Result<(), BrokerError> {
+        Ok(())
+    }
+    async fn ping(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+}
+
+fn hub() -> (Arc<Hub>, Arc<Recording>) {
+    let rec = Arc::new(Recording::default());
+    let r = rec.clone();
+    (Hub::new(Arc::new(Metrics::new()), move |_| r), rec)
+}
+
+fn key() -> ChannelKey {
+    ChannelKey::new(Environment::Live, AccountId::parse("a").unwrap(), Topic::Tasks)
+}
+
+fn event() -> Delivery {
+    let event = codec::decode(Topic::Tasks, br#"{"event":"e"}"#, 1024).unwrap();
+    Delivery::Event { channel: key(), event }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscriber_arriving_during_a_dissolve_stays_subscribed_at_the_broker() {
+    for offset_ms in 0..20u64 {
+        let (hub, broker) = hub();
+        let first = Arc::new(Outbox::new(8));
+        hub.subscribe(&key(), &first, None).await.unwrap();
+        hub.unsubscribe(&key(), &first); // dissolve fires in UNSUBSCRIBE_DELAY
+        tokio::time::sleep(
+            UNSUBSCRIBE_DELAY + Duration::from_millis(offset_ms) - Duration::from_millis(10),
+        )
+        .await;
+        let second = Arc::new(Outbox::new(8));
+        hub.subscribe(&key(), &second, None).await.unwrap();
+        tokio::time::sleep(UNSUBSCRIBE_DELAY * 2).await; // let every timer run
+        assert!(
+            broker.desired.lock().contains(&key()),
+            "offset {offset_ms} ms: broker unsubscribed a live channel"
+        );
+        hub.deliver(event());
+        assert_eq!(second.len(), 1, "offset {offset_ms} ms: the event was not delivered");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_last_subscriber_leaving_unsubscribes_the_broker() {
+    let (hub, broker) = hub();
+    let o = Arc::new(Outbox::new(8));
+    hub.subscribe(&key(), &o, None).await.unwrap();
+    hub.unsubscribe(&key(), &o);
+    tokio::time::sleep(UNSUBSCRIBE_DELAY * 2).await;
+    assert!(broker.desired.lock().is_empty());
+    assert_eq!(hub.channel_count(), 0);
+}
+
+/// Entries (live or retired, not yet swept) in `key`'s list.
+fn entries(hub: &Hub, key: &ChannelKey) -> usize {
+    hub.channels.get(key).map_or(0, |c| c.subs.lock().list.len())
+}
+
+#[tokio::test(start_paused = true)]
+async fn ended_sessions_get_nothing_are_swept_and_the_last_one_dissolves_the_channel() {
+    let (hub, broker) = hub();
+    let outboxes: Vec<_> = (0..100).map(|_| Arc::new(Outbox::new(8))).collect();
+    for o in &outboxes {
+        hub.subscribe(&key(), o, None).await.unwrap();
+    }
+    hub.deliver(event());
+    let (gone, live) = outboxes.split_at(60);
+    for o in gone {
+        hub.leave([key()], o);
+        assert!(o.is_empty(), "a retired outbox keeps no frames");
+    }
+    // Swept once half the list was retired: far fewer than 100 entries remain.
+    let left = entries(&hub, &key());
+    assert!((40..=70).contains(&left), "{left} entries after 60 of 100 left");
+    hub.deliver(event());
+    assert!(live.iter().all(|o| o.len() == 2), "live sessions get every event");
+    assert!(gone.iter().all(|o| o.is_empty()), "ended sessions get nothing");
+    for o in live {
+        hub.leave([key()], o);
+    }
+    assert_eq!(entries(&hub, &key()), 0, "the last leave sweeps everything");
+    tokio::time::sleep(UNSUBSCRIBE_DELAY * 2).await;
+    assert!(broker.desired.lock().is_empty());
+    assert_eq!(hub.channel_count(), 0);
+}
+
+#[tokio::test]
+async fn set_filter_replaces_only_that_sessions_filter() {
+    let (hub, _) = hub();
+    let (a, b) = (Arc::new(Outbox::new(8)), Arc::new(Outbox::new(8)));
+    hub.subscribe(&key(), &a, None).await.unwrap();
+    hub.subscribe(&key(), &b, None).await.unwrap();
+    let only_x = Arc::new(EventFilter::parse(&["x".to_owned()]).unwrap());
+    assert!(hub.set_filter(&key(), &a, Some(only_x)));
+    hub.deliver(event()); // event "e"
+    assert_eq!((a.len(), b.len()), (0, 1));
+    assert!(!hub.set_filter(&key(), &Arc::new(Outbox::new(8)), None), "not a member");
+    assert_eq!(entries(&hub, &key()), 2);
+}
+
+#[tokio::test]
+async fn a_session_registering_after_its_keys_revocation_is_closed() {
+    let (hub, _) = hub();
+    let key_id = KeyId::generate();
+    hub.close_revoked_key(&key_id);
+    let outbox = Arc::new(Outbox::new(8));
+    hub.register(
+        ConnId::generate(),
+        SessionEntry { key_id, secret: TokenHash::of("s"), outbox: outbox.clone() },
+    );
+    assert_eq!(outbox.close_requested(), Some(CloseCode::KeyRevoked));
+    let other = Arc::new(Outbox::new(8));
+    hub.register(
+        ConnId::generate(),
+        SessionEntry {
+            key_id: KeyId::generate(),
+            secret: TokenHash::of("t"),
+            outbox: other.clone(),
+        },
+    );
+    assert_eq!(other.close_requested(), None);
+    let retired = TokenHash::of("old");
+    hub.close_retired_secret(&KeyId::generate(), &retired);
+    let late = Arc::new(Outbox::new(8));
+    hub.register(
+        ConnId::generate(),
+        SessionEntry { key_id: KeyId::generate(), secret: retired, outbox: late.clone() },
+    );
+    assert_eq!(late.close_requested(), Some(CloseCode::KeyRevoked));
+}
