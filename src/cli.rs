@@ -194,7 +194,8 @@ async fn serve(config: Config) -> Result<(), Failure> {
 async fn keys(command: KeysCommand, config: &Config) -> Result<(), Failure> {
     // In Redis mode revocations and rotations also reach running nodes (control channel).
     let backends = Backends::build(config)?;
-    let service = KeyService::new(backends.store, backends.hub.broker().clone());
+    let service = KeyService::new(backends.store, backends.hub.broker().clone())
+        .with_max_previous_secrets(config.rotation_max_previous_secrets);
     match command {
         KeysCommand::Create(args) => {
             let new = new_key(args).map_err(usage)?;

@@ -99,6 +99,9 @@ pub struct Config {
     pub ws_read_buffer_bytes: usize,
     /// Bytes of frames a connection's writer gathers before a `write()` (coalescing).
     pub ws_write_buffer_bytes: usize,
+    /// Older secrets a key may have inside a rotation's grace at once (1 = the one replaced last). A
+    /// rotation beyond it ends the grace of the oldest at once (its streams close with 4003).
+    pub rotation_max_previous_secrets: usize,
     /// Accept production (mt_live_) keys on requests that carry an Origin header (a browser).
     /// Off by default: browsers should connect with tickets (403 live_key_in_browser otherwise).
     pub allow_live_keys_in_browser: bool,
@@ -140,6 +143,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             ws_read_buffer_bytes: 1024,
             ws_write_buffer_bytes: 16 * 1024,
+            rotation_max_previous_secrets: 1,
             allow_live_keys_in_browser: false,
         }
     }
@@ -255,6 +259,9 @@ impl Config {
             if v < min {
                 return Err(ConfigError::new(name, format!("must be at least {min}, got {v}")));
             }
+        }
+        if self.rotation_max_previous_secrets > 16 {
+            return Err(ConfigError::new("rotation_max_previous_secrets", "must be at most 16"));
         }
         if let Some(url) = &self.redis_url {
             let ok = ["redis://", "rediss://", "unix://", "redis+unix://"]
@@ -399,6 +406,6 @@ mod tests {
         assert!(
             names.contains(&"redis_url".to_owned()) && names.contains(&"auth_timeout".to_owned())
         );
-        assert_eq!(names.len(), 34);
+        assert_eq!(names.len(), 35);
     }
 }

@@ -106,7 +106,8 @@ impl Node {
     pub async fn build(config: Config) -> Result<Node, NodeError> {
         let config = Arc::new(config);
         let b = Backends::build(&config)?;
-        let keys = KeyService::new(b.store.clone(), b.hub.broker().clone());
+        let keys = KeyService::new(b.store.clone(), b.hub.broker().clone())
+            .with_max_previous_secrets(config.rotation_max_previous_secrets);
         let bootstrap = match keys.bootstrap().await {
             Ok(created) => created,
             // Redis may be down when a node starts; it serves (not ready) and reconnects.

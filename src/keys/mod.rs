@@ -108,6 +108,9 @@ pub enum StoreError {
     Revoked,
     #[error("the record kept changing under concurrent writers; retry")]
     Contended,
+    /// The change is stored, but the control message telling every node failed.
+    #[error("stored, but not announced to every node: {0}")]
+    NotAnnounced(String),
 }
 
 impl From<StoreError> for crate::error::ApiError {
@@ -124,6 +127,9 @@ impl From<StoreError> for crate::error::ApiError {
                 tracing::error!(error = %e, "key store unavailable");
                 ApiError::store_unavailable()
             }
+            StoreError::NotAnnounced(_) => ApiError::broker_unavailable().with_message(
+                "The change is stored but could not be announced to every node yet; retry the request.",
+            ),
             StoreError::Locked(_) | StoreError::Corrupt(_) => {
                 tracing::error!(error = %e, "key store failed");
                 ApiError::internal()

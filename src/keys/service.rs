@@ -22,9 +22,11 @@ use crate::{
 /// The longest grace period a rotation may give the old secret: 7 days.
 pub const MAX_GRACE_SECONDS: u64 = 7 * 24 * 3600;
 
-/// How long a retired secret stays in its record after its grace ended (so it answers
-/// `expired_api_key` rather than `invalid_api_key`), before a later rotation drops it.
-const RETIRED_KEPT: time::Duration = time::Duration::days(1);
+/// How long announcing a control message may take, retries included, before the request
+/// that caused it answers 503 (the change itself is stored).
+pub const ANNOUNCE_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
+/// Pause before each retry of an announcement.
+const ANNOUNCE_BACKOFF: [u64; 4] = [50, 150, 400, 800];
 
 /// What a caller asks for when creating a key over the API (account and environment are
 /// always the caller's own).
@@ -75,6 +77,8 @@ impl Created {
 pub struct KeyService {
     store: Arc<dyn KeyStore>,
     broker: Arc<dyn Broker>,
+    /// Older secrets a key may have inside a rotation's grace at once.
+    max_previous_secrets: usize,
 }
 
 /// The account and environment of the key the server creates on an empty store.
@@ -82,7 +86,35 @@ pub const BOOTSTRAP_ACCOUNT: &str = "acct_local";
 
 impl KeyService {
     pub fn new(store: Arc<dyn KeyStore>, broker: Arc<dyn Broker>) -> Self {
-        Self { store, broker }
+        Self { store, broker, max_previous_secrets: 1 }
+    }
+
+    /// Sets how many older secrets may be in grace at once (`rotation_max_previous_secrets`).
+    pub fn with_max_previous_secrets(mut self, n: usize) -> Self {
+        self.max_previous_secrets = n;
+        self
+    }
+
+    /// Publishes a control message to every node, retrying within `ANNOUNCE_WITHIN`.
+    async fn announce(&self, msg: &ControlMessage) -> Result<(), StoreError> {
+        let attempts = async {
+            let mut last = None;
+            for pause in std::iter::once(0).chain(ANNOUNCE_BACKOFF) {
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                match self.broker.publish_control(msg).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.map(|e| e.to_string()).unwrap_or_default())
+        };
+        let failed = match tokio::time::timeout(ANNOUNCE_WITHIN, attempts).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => e,
+            Err(_) => "timed out".to_owned(),
+        };
+        tracing::error!(error = %failed, "a key change is stored but could not be announced to other nodes");
+        Err(StoreError::NotAnnounced(failed))
     }
 
     pub fn store(&self) -> &Arc<dyn KeyStore> {
@@ -241,8 +273,12 @@ impl KeyService {
         Ok(self.rotate(id, grace_seconds).await?)
     }
 
-    /// Issues a new secret for the key (same id). The old secret keeps working for
-    /// `grace_seconds` (0 = stops now); then its streams are closed on every node.
+    /// Issues a new secret for the key (same id). The previous secret keeps working for
+    /// `grace_seconds` (0 = stops now); then its streams are closed on every node. At most
+    /// `max_previous_secrets` older secrets stay in grace: a rotation ends the grace of the
+    /// oldest beyond that at once. Secrets whose grace is over stay in the record until the
+    /// next rotation (they answer `expired_api_key`), so a record holds at most
+    /// 1 + `max_previous_secrets` + the ones that just ended.
     /// Atomic against a concurrent revoke or rotate: a revoked key is never rotated back
     /// to life, and two rotations never lose a secret they handed out.
     pub async fn rotate(&self, id: &KeyId, grace_seconds: u64) -> Result<Created, StoreError> {
@@ -250,6 +286,9 @@ impl KeyService {
         let token = Token::generate(env);
         let (hash, redacted) = (token.hash(), token.redacted());
         let grace = time::Duration::seconds(grace_seconds.min(MAX_GRACE_SECONDS) as i64);
+        let keep = self.max_previous_secrets;
+        let ended = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let ended_in = ended.clone();
         let rec = self
             .store
             .modify(
@@ -259,17 +298,32 @@ impl KeyService {
                         return false;
                     }
                     let now = OffsetDateTime::now_utc();
-                    let retire_at = now + grace;
-                    // The current secret retires at `retire_at`; older ones keep their own
-                    // grace but never outlive the newer one. Retired secrets stay listed a
-                    // little while (they answer `expired_api_key`), then are dropped.
+                    // What to announce: the secret this rotation retires, and every grace it
+                    // ends (the oldest beyond the limit, or all of them when grace is zero).
+                    let mut announce = Vec::new();
                     let mut secrets = vec![Secret { hash, retires_at: None }];
+                    let mut kept = 0;
                     for s in r.secrets.iter().filter(|s| s.hash != hash) {
-                        let at = s.retires_at.map_or(retire_at, |t| t.min(retire_at));
-                        if at > now - RETIRED_KEPT {
+                        if s.retires_at.is_some_and(|t| t <= now) {
+                            continue; // ended before: dropped now
+                        }
+                        let at = s.retires_at.map_or(now + grace, |t| t.min(now + grace));
+                        if at > now && kept < keep {
+                            kept += 1;
                             secrets.push(Secret { hash: s.hash, retires_at: Some(at) });
+                            if s.retires_at.is_none() {
+                                announce.push((s.hash, at));
+                            }
+                        } else {
+                            // Ends now. The replaced secret stays listed, ended, so that it
+                            // answers `expired_api_key` until the next rotation.
+                            if s.retires_at.is_none() {
+                                secrets.push(Secret { hash: s.hash, retires_at: Some(now) });
+                            }
+                            announce.push((s.hash, now));
                         }
                     }
+                    *ended_in.lock() = announce;
                     r.secrets = secrets;
                     r.redacted = redacted.clone();
                     true
@@ -279,13 +333,10 @@ impl KeyService {
         if rec.revoked_at.is_some() {
             return Err(StoreError::Revoked);
         }
-        // Announce every retiring secret (already-due ones close at once on every node).
-        for s in rec.secrets.iter().skip(1) {
-            let Some(at) = s.retires_at else { continue };
-            let msg = ControlMessage::Retire { key_id: rec.id.clone(), secret: s.hash, at };
-            if let Err(e) = self.broker.publish_control(&msg).await {
-                tracing::warn!(key_id = %rec.id, error = %e, "rotation stored but not announced to other nodes");
-            }
+        // Announce the newly retired secret, and the graces this rotation ended (due now).
+        let announce = std::mem::take(&mut *ended.lock());
+        for (secret, at) in announce {
+            self.announce(&ControlMessage::Retire { key_id: rec.id.clone(), secret, at }).await?;
         }
         Ok(Created { record: rec, token })
     }
@@ -306,11 +357,7 @@ impl KeyService {
             )
             .await?;
         // Announce even when already revoked: a node that missed it closes the streams now.
-        if let Err(e) =
-            self.broker.publish_control(&ControlMessage::Revoke { key_id: rec.id.clone() }).await
-        {
-            tracing::warn!(key_id = %rec.id, error = %e, "revocation stored but not announced to other nodes");
-        }
+        self.announce(&ControlMessage::Revoke { key_id: rec.id.clone() }).await?;
         Ok(rec)
     }
 }

@@ -20,6 +20,7 @@ mod operability;
 mod parsers;
 mod protection;
 mod redis_mode;
+mod rotation_bounds;
 mod tickets;
 mod ws_auth;
 mod ws_heartbeat;
