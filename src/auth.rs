@@ -78,15 +78,23 @@ impl Authenticator {
         self.count(result, client)
     }
 
-    /// Redeems a single-use ticket presented from `client` (it is gone afterwards).
+    /// Validates a single-use ticket presented from `client` without using it up; the caller
+    /// `redeem`s it once the stream is really opened.
     pub async fn authenticate_ticket(
         &self,
         ticket: &str,
         client: IpAddr,
     ) -> Result<Principal, ApiError> {
         self.limits.check_ip(client, &self.metrics)?;
-        let result = self.check_ticket(ticket, client).await;
+        let result = self.check_ticket(ticket).await;
         self.count(result, client)
+    }
+
+    /// Uses the ticket up: `Ok(false)` if another connection used it first.
+    pub async fn redeem_ticket(&self, ticket: &str) -> Result<bool, ApiError> {
+        let (ticket, _env) = Token::parse_kind(ticket, TokenKind::Ticket)
+            .map_err(|_| ApiError::invalid_api_key())?;
+        Ok(self.tickets.take(&ticket.hash()).await?.is_some())
     }
 
     /// Counts a failure by code; authentication failures also spend the client's budget.
@@ -123,22 +131,29 @@ impl Authenticator {
                 rec
             }
         };
-        let principal = principal_for(&rec, hash, client, OffsetDateTime::now_utc())?;
+        let principal = principal_for(&rec, hash, Some(client), OffsetDateTime::now_utc())?;
         self.touch(&rec).await;
         Ok(principal)
     }
 
-    async fn check_ticket(&self, ticket: &str, client: IpAddr) -> Result<Principal, ApiError> {
+    /// A ticket's principal: its key as it is now, limited to the ticket's read scopes. The
+    /// key's IP allowlist was applied when the ticket was minted, not to the browser.
+    async fn check_ticket(&self, ticket: &str) -> Result<Principal, ApiError> {
         let invalid =
             || ApiError::invalid_api_key().with_message("Invalid, expired or already used ticket.");
         let (ticket, _env) = Token::parse_kind(ticket, TokenKind::Ticket).map_err(|_| invalid())?;
-        let rec = self.tickets.take(&ticket.hash()).await?.ok_or_else(invalid)?;
+        let rec = self.tickets.peek(&ticket.hash()).await?.ok_or_else(invalid)?;
         let now = OffsetDateTime::now_utc();
         if rec.expires_at <= now {
             return Err(invalid());
         }
         let key = self.store.get(&rec.key_id).await?.ok_or_else(invalid)?;
-        let principal = principal_for(&key, rec.secret, client, now)?;
+        let mut principal = principal_for(&key, rec.secret, None, now)?;
+        let reads: Vec<Scope> =
+            Scope::ALL.iter().copied().filter(|s| s.read_topic().is_some()).collect();
+        let read_only = ScopeSet::of(&reads);
+        let carried = rec.scopes.as_deref().map_or(read_only, ScopeSet::of);
+        principal.scopes = principal.scopes.intersect(carried).intersect(read_only);
         self.touch(&key).await;
         Ok(principal)
     }
@@ -164,11 +179,12 @@ impl Authenticator {
     }
 }
 
-/// Applies the record's state to a presented secret: revoked, expired, retired, IP.
+/// Applies the record's state to a presented secret: revoked, expired, retired, and the IP
+/// allowlist when `peer` is given (a ticket's redeemer is not checked).
 pub fn principal_for(
     rec: &KeyRecord,
     hash: TokenHash,
-    peer: IpAddr,
+    peer: Option<IpAddr>,
     now: OffsetDateTime,
 ) -> Result<Principal, ApiError> {
     let secret =
@@ -183,10 +199,10 @@ pub fn principal_for(
     if expires_at.is_some_and(|t| t <= now) {
         return Err(ApiError::expired_api_key());
     }
-    if !rec.ip_allowlist.is_empty()
-        && !rec.ip_allowlist.iter().any(|net| net.contains(&canonical(peer)))
-    {
-        return Err(ApiError::ip_not_allowed());
+    if let Some(peer) = peer {
+        if !allowed(&rec.ip_allowlist, peer) {
+            return Err(ApiError::ip_not_allowed());
+        }
     }
     Ok(Principal {
         key_id: rec.id.clone(),
@@ -196,6 +212,24 @@ pub fn principal_for(
         secret: hash,
         expires_at,
     })
+}
+
+/// Whether `peer` is inside the allowlist (empty = any address). An IPv4-mapped IPv6
+/// address and its IPv4 form are the same address, in the list as in the peer.
+pub fn allowed(allowlist: &[ipnet::IpNet], peer: IpAddr) -> bool {
+    let peer = canonical(peer);
+    allowlist.is_empty() || allowlist.iter().any(|net| canonical_net(*net).contains(&peer))
+}
+
+/// A network written as IPv4-mapped IPv6 (`::ffff:10.0.0.0/104`) as its IPv4 form.
+fn canonical_net(net: ipnet::IpNet) -> ipnet::IpNet {
+    match net {
+        ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, Into::into),
+            None => net,
+        },
+        other => other,
+    }
 }
 
 /// An IPv4-mapped IPv6 address (`::ffff:1.2.3.4`, seen on dual-stack sockets) as IPv4.
@@ -233,30 +267,46 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn sip(s: &str) -> Option<IpAddr> {
+        Some(ip(s))
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_match_their_ipv4_form_both_ways() {
+        let nets = |s: &str| vec![s.parse::<ipnet::IpNet>().unwrap()];
+        assert!(allowed(&nets("::ffff:127.0.0.1/128"), ip("127.0.0.1")));
+        assert!(allowed(&nets("::ffff:10.0.0.0/104"), ip("10.9.8.7")));
+        assert!(!allowed(&nets("::ffff:10.0.0.0/104"), ip("11.0.0.1")));
+        assert!(allowed(&nets("127.0.0.1/32"), ip("::ffff:127.0.0.1")));
+        assert!(allowed(&nets("::ffff:127.0.0.1/128"), ip("::ffff:127.0.0.1")));
+        assert!(!allowed(&nets("::1/128"), ip("127.0.0.1")));
+        assert!(allowed(&[], ip("8.8.8.8")));
+    }
+
     #[test]
     fn revoked_expired_and_ip_checks_give_their_codes() {
         let t = Token::generate(Environment::Live);
         let now = OffsetDateTime::now_utc();
         let mut rec = record(&t);
-        assert!(principal_for(&rec, t.hash(), ip("10.0.0.1"), now).is_ok());
+        assert!(principal_for(&rec, t.hash(), sip("10.0.0.1"), now).is_ok());
 
         rec.ip_allowlist = vec!["10.0.0.0/8".parse().unwrap(), "2001:db8::/32".parse().unwrap()];
-        assert!(principal_for(&rec, t.hash(), ip("10.1.2.3"), now).is_ok());
-        assert!(principal_for(&rec, t.hash(), ip("::ffff:10.1.2.3"), now).is_ok());
-        assert!(principal_for(&rec, t.hash(), ip("2001:db8::1"), now).is_ok());
+        assert!(principal_for(&rec, t.hash(), sip("10.1.2.3"), now).is_ok());
+        assert!(principal_for(&rec, t.hash(), sip("::ffff:10.1.2.3"), now).is_ok());
+        assert!(principal_for(&rec, t.hash(), sip("2001:db8::1"), now).is_ok());
         assert_eq!(
-            principal_for(&rec, t.hash(), ip("11.0.0.1"), now).unwrap_err().code,
+            principal_for(&rec, t.hash(), sip("11.0.0.1"), now).unwrap_err().code,
             "ip_not_allowed"
         );
 
         rec.expires_at = Some(now - Duration::seconds(1));
         assert_eq!(
-            principal_for(&rec, t.hash(), ip("10.0.0.1"), now).unwrap_err().code,
+            principal_for(&rec, t.hash(), sip("10.0.0.1"), now).unwrap_err().code,
             "expired_api_key"
         );
         rec.revoked_at = Some(now);
         assert_eq!(
-            principal_for(&rec, t.hash(), ip("10.0.0.1"), now).unwrap_err().code,
+            principal_for(&rec, t.hash(), sip("10.0.0.1"), now).unwrap_err().code,
             "revoked_api_key"
         );
     }
@@ -270,18 +320,18 @@ mod tests {
         let retire = now + Duration::seconds(30);
         rec.secrets.push(Secret { hash: old.hash(), retires_at: Some(retire) });
         assert_eq!(
-            principal_for(&rec, old.hash(), ip("1.1.1.1"), now).unwrap().expires_at,
+            principal_for(&rec, old.hash(), sip("1.1.1.1"), now).unwrap().expires_at,
             Some(retire)
         );
-        assert_eq!(principal_for(&rec, new.hash(), ip("1.1.1.1"), now).unwrap().expires_at, None);
+        assert_eq!(principal_for(&rec, new.hash(), sip("1.1.1.1"), now).unwrap().expires_at, None);
         let later = now + Duration::seconds(31);
         assert_eq!(
-            principal_for(&rec, old.hash(), ip("1.1.1.1"), later).unwrap_err().code,
+            principal_for(&rec, old.hash(), sip("1.1.1.1"), later).unwrap_err().code,
             "expired_api_key"
         );
         let other = Token::generate(Environment::Live);
         assert_eq!(
-            principal_for(&rec, other.hash(), ip("1.1.1.1"), now).unwrap_err().code,
+            principal_for(&rec, other.hash(), sip("1.1.1.1"), now).unwrap_err().code,
             "invalid_api_key"
         );
     }

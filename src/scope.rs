@@ -141,6 +141,16 @@ impl ScopeSet {
         self.0 & 1 << (s as u32) != 0
     }
 
+    /// The scopes in both sets.
+    pub fn intersect(self, other: ScopeSet) -> Self {
+        Self(self.0 & other.0)
+    }
+
+    /// The scopes of the set, in `Scope::ALL` order.
+    pub fn to_vec(self) -> Vec<Scope> {
+        Scope::ALL.iter().copied().filter(|s| self.contains(*s)).collect()
+    }
+
     /// The topics these scopes may read.
     pub fn read_topics(self) -> TopicSet {
         Scope::ALL

@@ -1,9 +1,13 @@
 //! Single-use, 60-second WebSocket tickets (SPEC §3 `POST /v1/ws/tickets`): a browser gets
 //! one from its backend and connects with `?ticket=` without ever holding the API key.
 //!
-//! A ticket stores only who minted it (key id + the hash of the minting secret); redeeming it
-//! re-reads the key, so a ticket dies with its key (revoked, expired, rotated past grace)
-//! and is checked against the key's current IP allowlist.
+//! A ticket stores only who minted it (key id + the hash of the minting secret) and the read
+//! scopes it carries (all of the key's, or the ones the minting request narrowed it to);
+//! redeeming it re-reads the key, so a ticket dies with its key (revoked, expired, rotated
+//! past grace) and never carries more than the key holds now. The minting request was
+//! checked against the key's IP allowlist; the redeeming browser is not (SPEC §3).
+//! A ticket is validated (`peek`) before the upgrade and consumed (`take`) only when the
+//! upgrade is committed, so a refused upgrade does not burn it.
 //!
 //! Owns: `TicketStore` and the in-process implementation.  May use: token, ids, dashmap.
 //! Invariants: `take` hands a ticket out at most once.
@@ -28,26 +32,37 @@ pub struct TicketRecord {
     pub secret: TokenHash,
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
+    /// The read scopes the ticket was narrowed to (`None`: every read scope of the key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<crate::scope::Scope>>,
 }
 
 /// Where tickets wait to be redeemed.
 #[async_trait::async_trait]
 pub trait TicketStore: Send + Sync + 'static {
     async fn put(&self, hash: TokenHash, rec: TicketRecord) -> Result<(), StoreError>;
+    /// The ticket, left in place (validation before an upgrade that may still be refused).
+    async fn peek(&self, hash: &TokenHash) -> Result<Option<TicketRecord>, StoreError>;
     /// Removes and returns the ticket: a second `take` of the same hash gets `None`.
     async fn take(&self, hash: &TokenHash) -> Result<Option<TicketRecord>, StoreError>;
 }
 
 /// Mints a ticket for `principal` valid for `ttl`; returns the secret ticket and its expiry.
+/// `scopes` narrows the ticket (the caller checked they are read scopes the key holds).
 pub async fn mint(
     store: &dyn TicketStore,
     principal: &Principal,
     ttl: std::time::Duration,
+    scopes: Option<Vec<crate::scope::Scope>>,
 ) -> Result<(Token, OffsetDateTime), StoreError> {
     let ticket = Token::generate_kind(principal.environment, TokenKind::Ticket);
     let expires_at = OffsetDateTime::now_utc() + ttl;
-    let rec =
-        TicketRecord { key_id: principal.key_id.clone(), secret: principal.secret, expires_at };
+    let rec = TicketRecord {
+        key_id: principal.key_id.clone(),
+        secret: principal.secret,
+        expires_at,
+        scopes,
+    };
     store.put(ticket.hash(), rec).await?;
     Ok((ticket, expires_at))
 }
@@ -68,6 +83,10 @@ impl TicketStore for MemoryTickets {
         }
         self.map.insert(hash, rec);
         Ok(())
+    }
+
+    async fn peek(&self, hash: &TokenHash) -> Result<Option<TicketRecord>, StoreError> {
+        Ok(self.map.get(hash).map(|r| r.clone()))
     }
 
     async fn take(&self, hash: &TokenHash) -> Result<Option<TicketRecord>, StoreError> {
@@ -114,6 +133,17 @@ impl TicketStore for RedisTickets {
         Ok(())
     }
 
+    async fn peek(&self, hash: &TokenHash) -> Result<Option<TicketRecord>, StoreError> {
+        let mut c = self.link.conn().await.map_err(redis_down)?;
+        let raw: Option<String> = redis::cmd("GET")
+            .arg(ticket_key(hash))
+            .query_async(&mut c)
+            .await
+            .map_err(redis_down)?;
+        raw.map(|r| serde_json::from_str(&r).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
     async fn take(&self, hash: &TokenHash) -> Result<Option<TicketRecord>, StoreError> {
         let mut c = self.link.conn().await.map_err(redis_down)?;
         let raw: Option<String> = redis::cmd("GETDEL")
@@ -146,7 +176,7 @@ mod tests {
     async fn a_ticket_is_taken_once() {
         let store = MemoryTickets::default();
         let (ticket, expires_at) =
-            mint(&store, &principal(), std::time::Duration::from_secs(60)).await.unwrap();
+            mint(&store, &principal(), std::time::Duration::from_secs(60), None).await.unwrap();
         assert!(ticket.expose().starts_with("mt_live_tk_"));
         assert!(expires_at > OffsetDateTime::now_utc() + time::Duration::seconds(59));
         assert!(store.take(&ticket.hash()).await.unwrap().is_some());
@@ -160,10 +190,11 @@ mod tests {
             key_id: KeyId::generate(),
             secret: TokenHash::of("x"),
             expires_at: OffsetDateTime::now_utc(),
+            scopes: None,
         };
         store.put(TokenHash::of("old"), old).await.unwrap();
         for _ in 0..1023 {
-            mint(&store, &principal(), std::time::Duration::from_secs(60)).await.unwrap();
+            mint(&store, &principal(), std::time::Duration::from_secs(60), None).await.unwrap();
         }
         assert!(store.take(&TokenHash::of("old")).await.unwrap().is_none());
         assert_eq!(store.map.len(), 1023);

@@ -52,6 +52,7 @@ async fn check_and_upgrade(
     check_origin(req.headers(), &state.config.allowed_origins, state)?;
     let query = req.uri().query();
     let (token, ticket) = (query_param(query, "token"), query_param(query, "ticket"));
+    let used_ticket = ticket.is_some();
     // `authenticate*` refuse a locked-out client IP (429) before touching the store.
     let (principal, credential) = match (token, ticket) {
         (Some(_), Some(_)) => {
@@ -82,6 +83,14 @@ async fn check_and_upgrade(
         state.metrics.rate_limited("unauthenticated");
         return Err(ApiError::overloaded());
     };
+    // Every check passed: only now is a ticket used up (a refused upgrade leaves it valid).
+    // Of two connections racing with one ticket, one wins here.
+    if used_ticket && !state.auth.redeem_ticket(&credential).await? {
+        state.metrics.auth_failure("invalid_api_key");
+        return Err(
+            ApiError::invalid_api_key().with_message("Invalid, expired or already used ticket.")
+        );
+    }
     let admission = session::Admission {
         expected: TokenHash::of(&credential),
         connection: req.extensions_mut().remove::<ConnPermit>(),

@@ -19,6 +19,8 @@ mod ip_allowlist;
 mod key_lifecycle;
 #[path = "../it/protection.rs"]
 mod protection;
+#[path = "../it/ticket_scopes.rs"]
+mod ticket_scopes;
 #[path = "../it/tickets.rs"]
 mod tickets;
 #[path = "../it/ws_auth.rs"]

@@ -37,6 +37,18 @@ impl HttpClient {
         Self { sender, host: addr.to_string() }
     }
 
+    /// Connects from a chosen local address (127.0.0.x: another client IP on loopback).
+    pub async fn connect_from(src: std::net::IpAddr, addr: std::net::SocketAddr) -> Self {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.bind(std::net::SocketAddr::new(src, 0)).expect("bind");
+        let stream = sock.connect(addr).await.expect("connect");
+        stream.set_nodelay(true).unwrap();
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+        tokio::spawn(conn);
+        Self { sender, host: addr.to_string() }
+    }
+
     pub async fn send(&mut self, req: Request<Full<Bytes>>) -> HttpResponse {
         self.sender.ready().await.expect("connection ready");
         let resp = self.sender.send_request(req).await.expect("request");
