@@ -264,14 +264,16 @@ impl Config {
             return Err(ConfigError::new("rotation_max_previous_secrets", "must be at most 16"));
         }
         if let Some(url) = &self.redis_url {
-            let ok = ["redis://", "rediss://", "unix://", "redis+unix://"]
-                .iter()
-                .any(|p| url.starts_with(p));
-            if !ok {
+            // This build has no TLS client: refuse rediss:// here rather than fail at connect.
+            if url.starts_with("rediss://") {
                 return Err(ConfigError::new(
                     "redis_url",
-                    "must start with redis://, rediss:// or unix://",
+                    "rediss:// (TLS) is not supported by this build; use redis:// on a private network or a TLS-terminating proxy such as stunnel",
                 ));
+            }
+            let ok = ["redis://", "unix://", "redis+unix://"].iter().any(|p| url.starts_with(p));
+            if !ok {
+                return Err(ConfigError::new("redis_url", "must start with redis:// or unix://"));
             }
         }
         if let Some(t) = &self.admin_token {
@@ -356,6 +358,9 @@ mod tests {
         assert!(Config::from_toml_str("ping_interval = -1.0").is_err());
         let c = Config { redis_url: Some("http://x".into()), ..Config::default() };
         assert_eq!(c.validate().unwrap_err().setting, "redis_url");
+        let c = Config { redis_url: Some("rediss://h:6380".into()), ..Config::default() };
+        let e = c.validate().unwrap_err();
+        assert!(e.setting == "redis_url" && e.message.contains("TLS"), "{e}");
         assert!(Config::default().validate().is_ok());
     }
 

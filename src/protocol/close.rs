@@ -18,10 +18,14 @@ pub enum CloseCode {
     TooManyConnections,
     /// The broker could not subscribe the session's channels (a Redis outage); retry later.
     TryAgainLater,
+    /// The client broke the WebSocket protocol (RFC 6455 §7.4.1: 1002).
+    ProtocolError,
+    /// A text message that is not valid UTF-8 (1007).
+    InvalidPayload,
 }
 
 impl CloseCode {
-    pub const ALL: [CloseCode; 11] = [
+    pub const ALL: [CloseCode; 13] = [
         CloseCode::Normal,
         CloseCode::GoingAway,
         CloseCode::MessageTooBig,
@@ -33,6 +37,8 @@ impl CloseCode {
         CloseCode::SlowConsumer,
         CloseCode::TooManyConnections,
         CloseCode::TryAgainLater,
+        CloseCode::ProtocolError,
+        CloseCode::InvalidPayload,
     ];
 
     /// The numeric code sent in the close frame.
@@ -49,6 +55,8 @@ impl CloseCode {
             CloseCode::SlowConsumer => 4009,
             CloseCode::TooManyConnections => 4029,
             CloseCode::TryAgainLater => 1013,
+            CloseCode::ProtocolError => 1002,
+            CloseCode::InvalidPayload => 1007,
         }
     }
 
@@ -66,6 +74,8 @@ impl CloseCode {
             CloseCode::SlowConsumer => "slow consumer",
             CloseCode::TooManyConnections => "too many connections",
             CloseCode::TryAgainLater => "broker unavailable, try again later",
+            CloseCode::ProtocolError => "protocol error",
+            CloseCode::InvalidPayload => "invalid UTF-8",
         }
     }
 }
@@ -79,7 +89,10 @@ mod tests {
         let mut codes: Vec<u16> = CloseCode::ALL.iter().map(|c| c.code()).collect();
         codes.sort_unstable();
         codes.dedup();
-        assert_eq!(codes, vec![1000, 1001, 1009, 1013, 4001, 4002, 4003, 4004, 4008, 4009, 4029]);
+        assert_eq!(
+            codes,
+            vec![1000, 1001, 1002, 1007, 1009, 1013, 4001, 4002, 4003, 4004, 4008, 4009, 4029]
+        );
         assert!(CloseCode::ALL.iter().all(|c| c.reason().len() <= 123));
     }
 }

@@ -3,6 +3,9 @@
 //!
 //! Owns: pattern syntax and matching.  May use: std.  Never: I/O, allocation when matching.
 
+/// The most patterns one `subscribe` may carry (each event is matched against all of them).
+pub const MAX_PATTERNS: usize = 32;
+
 /// One parsed pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Pattern {

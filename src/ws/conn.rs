@@ -163,6 +163,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
                     Step::Close(CloseCode::MessageTooBig)
                 }
+                // RFC 6455 §7.4: fail the connection with a reason while the socket can
+                // still take a close frame (`close` gives up after close_timeout).
+                Some(Err(WsError::Utf8(_))) => Step::Close(CloseCode::InvalidPayload),
+                Some(Err(WsError::Protocol(e))) => {
+                    tracing::debug!(error = %e, "websocket protocol violation");
+                    Step::Close(CloseCode::ProtocolError)
+                }
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "websocket read failed");
                     Step::Gone

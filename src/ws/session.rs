@@ -335,6 +335,16 @@ impl Session {
             Ok(t) => t,
             Err(e) => return self.send(e),
         };
+        if events.is_some_and(|e| e.len() > crate::protocol::filter::MAX_PATTERNS) {
+            return self.send(ServerMessage::error(
+                "invalid_message",
+                format!(
+                    "at most {} event patterns per subscribe",
+                    crate::protocol::filter::MAX_PATTERNS
+                ),
+                Some("events".into()),
+            ));
+        }
         let filter = match events.map(EventFilter::parse).transpose() {
             Ok(f) => f.map(Arc::new),
             Err(e) => {

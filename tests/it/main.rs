@@ -25,5 +25,6 @@ mod ticket_scopes;
 mod tickets;
 mod ws_auth;
 mod ws_heartbeat;
+mod ws_protocol;
 mod ws_slow_consumer;
 mod ws_stream;

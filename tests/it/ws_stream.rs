@@ -49,6 +49,16 @@ async fn subscribe_errors_change_nothing() {
     assert_eq!(c.recv().await["code"], "invalid_message");
     c.send(json!({"type": "subscribe", "channels": []})).await;
     assert_eq!(c.recv().await["code"], "invalid_message");
+    let many: Vec<String> = (0..33).map(|i| format!("task.e{i}")).collect();
+    c.send(json!({"type": "subscribe", "channels": ["tasks"], "events": many})).await;
+    let e = c.recv().await;
+    assert_eq!(
+        (e["code"].as_str(), e["param"].as_str()),
+        (Some("invalid_message"), Some("events"))
+    );
+    let enough: Vec<String> = (0..32).map(|i| format!("task.e{i}")).collect();
+    c.send(json!({"type": "subscribe", "channels": ["agents"], "events": enough})).await;
+    assert_eq!(c.recv().await["code"], "insufficient_scope", "32 patterns are accepted");
     c.send(json!({"type": "dance"})).await;
     assert_eq!(c.recv().await["code"], "invalid_message");
     c.send_text("not json").await;

@@ -59,6 +59,11 @@ impl RawWs {
         self.stream.write_all(&frame).await.unwrap();
     }
 
+    /// Sends bytes as they are (hand-made frames, including broken ones).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
     /// Reads one server frame: (opcode, payload).
     pub async fn read_frame(&mut self) -> (u8, Vec<u8>) {
         loop {
