@@ -21,6 +21,7 @@ mod parsers;
 mod protection;
 mod redis_mode;
 mod rotation_bounds;
+mod store_faults;
 mod ticket_scopes;
 mod tickets;
 mod ws_auth;
