@@ -99,6 +99,9 @@ pub struct Config {
     pub ws_read_buffer_bytes: usize,
     /// Bytes of frames a connection's writer gathers before a `write()` (coalescing).
     pub ws_write_buffer_bytes: usize,
+    /// Keys (not revoked) one account may hold, both environments; creating one more is 400
+    /// key_limit_reached. 0 = no limit.
+    pub max_keys_per_account: usize,
     /// Older secrets a key may have inside a rotation's grace at once (1 = the one replaced last). A
     /// rotation beyond it ends the grace of the oldest at once (its streams close with 4003).
     pub rotation_max_previous_secrets: usize,
@@ -143,6 +146,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             ws_read_buffer_bytes: 1024,
             ws_write_buffer_bytes: 16 * 1024,
+            max_keys_per_account: 1000,
             rotation_max_previous_secrets: 1,
             allow_live_keys_in_browser: false,
         }
@@ -411,6 +415,6 @@ mod tests {
         assert!(
             names.contains(&"redis_url".to_owned()) && names.contains(&"auth_timeout".to_owned())
         );
-        assert_eq!(names.len(), 35);
+        assert_eq!(names.len(), 36);
     }
 }

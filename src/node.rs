@@ -107,7 +107,8 @@ impl Node {
         let config = Arc::new(config);
         let b = Backends::build(&config)?;
         let keys = KeyService::new(b.store.clone(), b.hub.broker().clone())
-            .with_max_previous_secrets(config.rotation_max_previous_secrets);
+            .with_max_previous_secrets(config.rotation_max_previous_secrets)
+            .with_max_keys_per_account(config.max_keys_per_account);
         let bootstrap = match keys.bootstrap().await {
             Ok(created) => created,
             // Redis may be down when a node starts; it serves (not ready) and reconnects.

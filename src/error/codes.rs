@@ -258,4 +258,12 @@ impl ApiError {
              backend (POST /v1/ws/tickets) and connect with ?ticket=.",
         )
     }
+    pub fn key_limit_reached(limit: usize) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            INVALID_REQUEST,
+            "key_limit_reached",
+            format!("This account already holds {limit} keys: revoke some before creating more."),
+        )
+    }
 }

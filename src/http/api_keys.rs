@@ -26,6 +26,38 @@ use crate::{
 
 const MAX_NAME_CHARS: usize = 200;
 const MAX_CIDRS: usize = 100;
+/// Page size of `GET /v1/api-keys`: the default and the largest `limit`.
+pub const MAX_PAGE: usize = 100;
+
+/// `?limit=&starting_after=` of a list request.
+struct Page {
+    limit: usize,
+    starting_after: Option<KeyId>,
+}
+
+fn parse_page(query: Option<&str>) -> Result<Page, ApiError> {
+    let mut page = Page { limit: MAX_PAGE, starting_after: None };
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match &*k {
+            "limit" => {
+                page.limit =
+                    v.parse().ok().filter(|n| (1..=MAX_PAGE).contains(n)).ok_or_else(|| {
+                        ApiError::invalid_param(
+                            "limit",
+                            format!("`limit` must be 1 to {MAX_PAGE}."),
+                        )
+                    })?;
+            }
+            "starting_after" => {
+                page.starting_after = Some(KeyId::parse(&v).ok_or_else(|| {
+                    ApiError::invalid_param("starting_after", "`starting_after` must be a key id.")
+                })?);
+            }
+            other => return Err(ApiError::unknown_param(other)),
+        }
+    }
+    Ok(page)
+}
 
 /// Which endpoint a path names.
 enum Route {
@@ -82,9 +114,27 @@ async fn dispatch(
             Ok(body::json(StatusCode::CREATED, &created.to_json()))
         }
         (Route::Collection, _) => {
+            let page = parse_page(req.uri().query())?;
             let list = keys.list_for(&caller).await?;
-            let data: Vec<_> = list.iter().map(|r| r.view()).collect();
-            Ok(body::json(StatusCode::OK, &json!({"object": "list", "data": data})))
+            let start = match &page.starting_after {
+                None => 0,
+                Some(id) => match list.iter().position(|r| r.id == *id) {
+                    Some(i) => i + 1,
+                    None => {
+                        return Err(ApiError::invalid_param(
+                            "starting_after",
+                            "`starting_after` must be the id of a key in this list.",
+                        ))
+                    }
+                },
+            };
+            let rest = &list[start..];
+            let data: Vec<_> = rest.iter().take(page.limit).map(|r| r.view()).collect();
+            let has_more = rest.len() > page.limit;
+            Ok(body::json(
+                StatusCode::OK,
+                &json!({"object": "list", "data": data, "has_more": has_more}),
+            ))
         }
         (Route::Key(None) | Route::Rotate(None), _) => Err(ApiError::resource_missing("API key")),
         (Route::Key(Some(id)), Method::DELETE) => {

@@ -79,6 +79,8 @@ pub struct KeyService {
     broker: Arc<dyn Broker>,
     /// Older secrets a key may have inside a rotation's grace at once.
     max_previous_secrets: usize,
+    /// Keys (not revoked) an account may hold when created over the API (0 = no limit).
+    max_keys_per_account: usize,
 }
 
 /// The account and environment of the key the server creates on an empty store.
@@ -86,12 +88,18 @@ pub const BOOTSTRAP_ACCOUNT: &str = "acct_local";
 
 impl KeyService {
     pub fn new(store: Arc<dyn KeyStore>, broker: Arc<dyn Broker>) -> Self {
-        Self { store, broker, max_previous_secrets: 1 }
+        Self { store, broker, max_previous_secrets: 1, max_keys_per_account: 0 }
     }
 
     /// Sets how many older secrets may be in grace at once (`rotation_max_previous_secrets`).
     pub fn with_max_previous_secrets(mut self, n: usize) -> Self {
         self.max_previous_secrets = n;
+        self
+    }
+
+    /// Sets the per-account key quota of API creation (`max_keys_per_account`).
+    pub fn with_max_keys_per_account(mut self, n: usize) -> Self {
+        self.max_keys_per_account = n;
         self
     }
 
@@ -194,6 +202,12 @@ impl KeyService {
             return Err(ApiError::scope_escalation(scope.as_str()));
         }
         self.within_callers_limits(caller, req.expires_at, &req.ip_allowlist).await?;
+        if self.max_keys_per_account > 0 {
+            let held = self.store.list(&caller.account, None).await?;
+            if held.iter().filter(|r| r.revoked_at.is_none()).count() >= self.max_keys_per_account {
+                return Err(ApiError::key_limit_reached(self.max_keys_per_account));
+            }
+        }
         let new = NewKey {
             name: req.name,
             account: caller.account.clone(),

@@ -14,6 +14,7 @@ mod config_file;
 mod http_admin;
 mod ip_allowlist;
 mod key_lifecycle;
+mod key_pages;
 mod key_store;
 mod metrics;
 mod operability;
