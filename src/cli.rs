@@ -150,22 +150,22 @@ pub fn main() -> ExitCode {
     let config = match Config::load(cli.config.as_deref(), &flags) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            telemetry::eprint_line(&format!("error: {e}"));
             return ExitCode::from(2);
         }
     };
-    telemetry::init(&config.log);
+    telemetry::init(&config.log, config.log_format == crate::config::LogFormat::Json);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            telemetry::eprint_line(&format!("error: cannot start the runtime: {e}"));
             return ExitCode::from(1);
         }
     };
     match runtime.block_on(run(cli.command, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(code, e)) => {
-            eprintln!("error: {e:#}");
+            telemetry::eprint_line(&format!("error: {e:#}"));
             ExitCode::from(code)
         }
     }
@@ -182,11 +182,11 @@ async fn run(command: Command, config: Config) -> Result<(), Failure> {
 async fn serve(config: Config) -> Result<(), Failure> {
     let node = Node::build(config).await?;
     if let Some(b) = &node.bootstrap {
-        println!("bootstrap key (shown once): {}", b.token.expose());
+        telemetry::print_line(&format!("bootstrap key (shown once): {}", b.token.expose()));
         tracing::info!(key_id = %b.record.id, account = %b.record.account_id, "created the bootstrap key");
     }
-    println!("listening on http://{}", node.public_addr);
-    println!("admin listening on http://{}", node.admin_addr);
+    telemetry::print_line(&format!("listening on http://{}", node.public_addr));
+    telemetry::print_line(&format!("admin listening on http://{}", node.admin_addr));
     node.run(shutdown::signal()).await;
     Ok(())
 }
@@ -269,7 +269,7 @@ fn new_key(args: CreateArgs) -> anyhow::Result<NewKey> {
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
-    println!("{}", serde_json::to_string(value)?);
+    telemetry::print_line(&serde_json::to_string(value)?);
     Ok(())
 }
 
@@ -299,7 +299,7 @@ async fn publish(args: PublishArgs, config: &Config) -> Result<(), Failure> {
     if !status.is_success() {
         return Err(Failure(1, anyhow!("publish failed ({status}): {text}")));
     }
-    println!("{text}");
+    telemetry::print_line(&text);
     Ok(())
 }
 

@@ -99,6 +99,8 @@ pub struct Config {
     pub ws_read_buffer_bytes: usize,
     /// Bytes of frames a connection's writer gathers before a `write()` (coalescing).
     pub ws_write_buffer_bytes: usize,
+    /// Log line format on stderr: "text" (for people) or "json" (one JSON object per line).
+    pub log_format: LogFormat,
     /// Keys (not revoked) one account may hold, both environments; creating one more is 400
     /// key_limit_reached. 0 = no limit.
     pub max_keys_per_account: usize,
@@ -146,12 +148,25 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             ws_read_buffer_bytes: 1024,
             ws_write_buffer_bytes: 16 * 1024,
+            log_format: LogFormat::Text,
             max_keys_per_account: 1000,
             rotation_max_previous_secrets: 1,
             allow_live_keys_in_browser: false,
         }
     }
 }
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Settings whose values are secrets (a password may be in the Redis URL): errors never
+/// quote them.
+const SECRET_SETTINGS: [&str; 2] = ["admin_token", "redis_url"];
 
 /// The longest any duration setting may be.
 const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -202,7 +217,11 @@ impl Config {
         let config: Config = fig.extract().map_err(|e| {
             let first = e.into_iter().next();
             let setting = first.as_ref().map(|e| e.path.join(".")).unwrap_or_default();
-            let message = first.map(|e| e.kind.to_string()).unwrap_or_default();
+            let mut message = first.map(|e| e.kind.to_string()).unwrap_or_default();
+            // A parse error quotes the value: never for a setting that holds a secret.
+            if SECRET_SETTINGS.contains(&setting.as_str()) {
+                message = "invalid value (not shown: this setting holds a secret)".into();
+            }
             ConfigError::new(if setting.is_empty() { "config" } else { &setting }, message)
         })?;
         config.validate()?;
@@ -403,6 +422,18 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature
+    fn errors_never_quote_a_secret_setting() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("MITEOS_ADMIN_TOKEN", "1234567890123456");
+            let e = Config::load(None, &Flags::default()).expect_err("a number is not a token");
+            assert_eq!(e.setting, "admin_token");
+            assert!(!e.to_string().contains("1234567890123456"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn a_missing_config_file_is_an_error() {
         let e = Config::load(Some(Path::new("/nonexistent/miteos.toml")), &Flags::default())
             .unwrap_err();
@@ -415,6 +446,6 @@ mod tests {
         assert!(
             names.contains(&"redis_url".to_owned()) && names.contains(&"auth_timeout".to_owned())
         );
-        assert_eq!(names.len(), 36);
+        assert_eq!(names.len(), 37);
     }
 }

@@ -1,55 +1,118 @@
 //! Logging setup and the redaction helpers that keep secrets out of log lines.
 //!
+//! - Libraries that log message contents (an auth frame carries a token) at debug/trace —
+//!   tungstenite and tokio-tungstenite — are capped at INFO by a filter of their own that no
+//!   `RUST_LOG`/`log` directive can lift (a more specific directive would win over a plain
+//!   `add_directive`).
+//! - Output is plain text (ANSI colours only when stderr is a terminal) or, with
+//!   `log_format = "json"`, one JSON object per line. A write error on stderr (a closed pipe)
+//!   is ignored: logging never takes the server down. `print_line` does the same for stdout.
+//! - `redact_uri` removes credentials from paths and queries.
+//!
 //! Owns: the tracing subscriber and what a URI looks like in a log.  May use: tracing.
 //! Never: log a `token`/`ticket` query value or an `Authorization` header.
 
-use tracing_subscriber::{fmt, EnvFilter};
+use std::io::{IsTerminal, Write};
 
-/// Libraries that log message contents (an auth frame carries a token) at debug/trace:
-/// always capped at info, whatever the filter says.
-const QUIET: [&str; 2] = ["tungstenite=info", "tokio_tungstenite=info"];
+use tracing::{level_filters::LevelFilter, Metadata};
+use tracing_subscriber::{
+    filter::filter_fn, fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer,
+};
 
-/// Installs a stderr subscriber; `RUST_LOG` wins over `filter`. Safe to call twice.
-pub fn init(filter: &str) {
-    let mut filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(filter))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    for directive in QUIET {
-        if let Ok(d) = directive.parse() {
-            filter = filter.add_directive(d);
-        }
-    }
-    let _ =
-        fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+/// Targets whose debug/trace events may carry message payloads.
+const PAYLOAD_LOGGERS: [&str; 2] = ["tungstenite", "tokio_tungstenite"];
+
+/// Whether an event may be logged whatever the user's filter says.
+fn allowed(meta: &Metadata<'_>) -> bool {
+    let payload_logger = PAYLOAD_LOGGERS
+        .iter()
+        .any(|t| meta.target() == *t || meta.target().starts_with(&format!("{t}::")));
+    !payload_logger || *meta.level() <= LevelFilter::INFO
 }
 
-/// The path and query of a URI with every value redacted whose (percent-decoded) name is a
-/// credential (`token`, `ticket`, `key`, `access_token`) or that looks like a secret.
+/// Stderr whose write errors are swallowed (a closed pipe must not stop the server).
+struct QuietStderr;
+
+impl Write for QuietStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
+/// Installs the stderr subscriber; `RUST_LOG` wins over `filter`. `json` selects one JSON
+/// object per line. Safe to call twice.
+pub fn init(filter: &str, json: bool) {
+    let env = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let writer = || QuietStderr;
+    let ansi = std::io::stderr().is_terminal();
+    let layer = if json {
+        fmt::layer().json().with_writer(writer).with_target(true).boxed()
+    } else {
+        fmt::layer().with_writer(writer).with_target(false).with_ansi(ansi).boxed()
+    };
+    let _ = tracing_subscriber::registry()
+        .with(layer.with_filter(env).with_filter(filter_fn(allowed)))
+        .try_init();
+}
+
+/// Prints one line on stdout, ignoring a closed stdout (scripts read these lines; a write
+/// error must never crash the server).
+pub fn print_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Prints one line on stderr, ignoring a closed stderr.
+pub fn eprint_line(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// Whether a string looks like one of our secrets (`mt_live_sk_…`, `mt_test_tk_…`).
+fn secret_shaped(s: &str) -> bool {
+    s.contains("_sk_") || s.contains("_tk_")
+}
+
+/// The path and query of a URI with every secret-shaped path segment replaced, and every
+/// query value redacted whose (percent-decoded) name is a credential (`token`, `ticket`,
+/// `key`, `access_token`) or that looks like a secret.
 pub fn redact_uri(uri: &hyper::Uri) -> String {
+    let decoded = |s: &str| {
+        form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    let path: Vec<&str> = uri
+        .path()
+        .split('/')
+        .map(|seg| if secret_shaped(&decoded(seg)) { "REDACTED" } else { seg })
+        .collect();
+    let path = path.join("/");
     let Some(query) = uri.query() else {
-        return uri.path().to_owned();
+        return path;
     };
     let redacted: Vec<String> = query
         .split('&')
         .map(|pair| {
             let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
-            let decoded = |s: &str| {
-                form_urlencoded::parse(format!("x={s}").as_bytes())
-                    .next()
-                    .map(|(_, v)| v.into_owned())
-                    .unwrap_or_default()
-            };
             let (name, value) = (decoded(raw_name), decoded(raw_value));
             let secret_name = ["token", "ticket", "key", "access_token"].contains(&name.as_str());
-            let secret_value = value.contains("_sk_") || value.contains("_tk_");
-            if secret_name || secret_value {
-                format!("{raw_name}=REDACTED")
+            if secret_name || secret_shaped(&value) || secret_shaped(&name) {
+                format!("{}=REDACTED", if secret_shaped(&name) { "REDACTED" } else { raw_name })
             } else {
                 pair.to_owned()
             }
         })
         .collect();
-    format!("{}?{}", uri.path(), redacted.join("&"))
+    format!("{path}?{}", redacted.join("&"))
 }
 
 #[cfg(test)]
@@ -66,5 +129,15 @@ mod tests {
         let uri: hyper::Uri =
             "/v1/ws?tok%65n=mt_live_sk_abc&x=mt%5Ftest%5Fsk%5Fdef".parse().unwrap();
         assert_eq!(redact_uri(&uri), "/v1/ws?tok%65n=REDACTED&x=REDACTED");
+    }
+
+    #[test]
+    fn secrets_in_paths_are_redacted() {
+        let uri: hyper::Uri = "/v1/api-keys/mt_test_sk_abcdef/rotate".parse().unwrap();
+        assert_eq!(redact_uri(&uri), "/v1/api-keys/REDACTED/rotate");
+        let uri: hyper::Uri = "/v1/api-keys/mt%5Flive%5Fsk%5Fabc?mt_live_tk_x=1".parse().unwrap();
+        assert_eq!(redact_uri(&uri), "/v1/api-keys/REDACTED?REDACTED=REDACTED");
+        let uri: hyper::Uri = "/v1/api-keys/key_123".parse().unwrap();
+        assert_eq!(redact_uri(&uri), "/v1/api-keys/key_123");
     }
 }

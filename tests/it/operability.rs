@@ -30,3 +30,48 @@ fn the_container_image_runs_serve_as_a_non_root_user() {
     let cmd = file.lines().rfind(|l| l.starts_with("CMD ")).expect("a CMD line");
     assert!(cmd.contains("\"serve\""), "{cmd}");
 }
+
+/// `serve 2>&1 | tee log`, then Ctrl-C ends `tee` first: the server's stdout and stderr are
+/// closed pipes from then on. It must keep serving, log nothing fatal, and still drain with
+/// 1001 and exit 0 on SIGTERM.
+#[tokio::test]
+async fn closed_stdout_and_stderr_never_crash_the_server() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = bin::command(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "serve"])
+        .env("RUST_LOG", "debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (mut boot, mut addr) = (None, None);
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Some(k) = line.strip_prefix("bootstrap key (shown once): ") {
+            boot = Some(k.to_owned());
+        }
+        if let Some(a) = line.strip_prefix("listening on http://") {
+            addr = Some(a.parse::<std::net::SocketAddr>().expect("addr"));
+            break;
+        }
+    }
+    let (boot, addr) = (boot.expect("bootstrap"), addr.expect("listening"));
+    drop(lines); // the reader of stdout is gone
+    drop(child.stderr.take()); // and the reader of stderr
+    let url = format!("ws://{addr}/v1/ws?token={boot}");
+    let (mut ws, _) = crate::support::WsClient::authed(&url, &boot).await;
+    // Every request logs at debug: each of these writes to the closed stderr.
+    for _ in 0..20 {
+        let r = crate::support::http::HttpClient::connect(addr).await.get("/healthz", None).await;
+        assert_eq!(r.status, 200);
+    }
+    let pid = child.id().expect("running").to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert_eq!(ws.expect_close().await, 1001);
+    let status = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits in time")
+        .expect("status");
+    assert_eq!(status.code(), Some(0));
+}
