@@ -99,6 +99,26 @@ pub struct Config {
     pub ws_read_buffer_bytes: usize,
     /// Bytes of frames a connection's writer gathers before a `write()` (coalescing).
     pub ws_write_buffer_bytes: usize,
+    /// Longest time to answer one HTTP request, body included (503 request_timeout past it).
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    /// Slowest accepted body upload after a 2 s grace (408 request_timeout below it). 0 = no minimum.
+    pub min_body_bytes_per_second: usize,
+    /// Longest time to receive a request body (408 request_timeout past it).
+    #[serde(with = "duration")]
+    pub body_read_timeout: Duration,
+    /// Open connections of the admin listener, a budget of its own (a full public listener never
+    /// locks out /metrics or the admin publish).
+    pub admin_max_connections: usize,
+    /// Open TCP connections per client IP (503 past it), so one host cannot take all of
+    /// max_connections. Behind a trusted proxy the proxied client address is counted per WebSocket
+    /// instead of the proxy's. 0 = no limit.
+    pub max_connections_per_ip: usize,
+    /// The same, per account (across its keys). 0 = no limit.
+    pub max_unauthenticated_per_account: usize,
+    /// Upgraded-but-unauthenticated sockets one key may hold (429 past it), so one tenant cannot
+    /// take all of max_unauthenticated. 0 = no limit.
+    pub max_unauthenticated_per_key: usize,
     /// Log line format on stderr: "text" (for people) or "json" (one JSON object per line).
     pub log_format: LogFormat,
     /// Keys (not revoked) one account may hold, both environments; creating one more is 400
@@ -148,6 +168,13 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             ws_read_buffer_bytes: 1024,
             ws_write_buffer_bytes: 16 * 1024,
+            request_timeout: Duration::from_secs(30),
+            min_body_bytes_per_second: 1024,
+            body_read_timeout: Duration::from_secs(10),
+            admin_max_connections: 256,
+            max_connections_per_ip: 1000,
+            max_unauthenticated_per_account: 200,
+            max_unauthenticated_per_key: 100,
             log_format: LogFormat::Text,
             max_keys_per_account: 1000,
             rotation_max_previous_secrets: 1,
@@ -255,6 +282,8 @@ impl Config {
             ("pong_timeout", self.pong_timeout),
             ("close_timeout", self.close_timeout),
             ("shutdown_grace", self.shutdown_grace),
+            ("body_read_timeout", self.body_read_timeout),
+            ("request_timeout", self.request_timeout),
         ];
         for (name, d) in positive
             .into_iter()
@@ -446,6 +475,6 @@ mod tests {
         assert!(
             names.contains(&"redis_url".to_owned()) && names.contains(&"auth_timeout".to_owned())
         );
-        assert_eq!(names.len(), 37);
+        assert_eq!(names.len(), 44);
     }
 }

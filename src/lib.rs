@@ -40,6 +40,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod control;

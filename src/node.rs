@@ -11,6 +11,7 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use crate::{
     auth::Authenticator,
     broker::{memory::MemoryBroker, redis::RedisBroker},
+    budget::Budget,
     config::Config,
     control::Control,
     http::Listener,
@@ -149,6 +150,10 @@ impl Node {
             slots: b.slots,
             connections: permits(config.max_connections),
             unauthenticated: permits(config.max_unauthenticated),
+            unauthenticated_per_key: Budget::new(config.max_unauthenticated_per_key),
+            unauthenticated_per_account: Budget::new(config.max_unauthenticated_per_account),
+            per_ip: Budget::new(config.max_connections_per_ip),
+            admin_connections: permits(config.admin_max_connections),
             config,
             hub: b.hub,
             control,

@@ -5,7 +5,11 @@
 //!
 //! Owns: sockets until they are upgraded.  May use: http (router), shutdown, config.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -16,6 +20,7 @@ use tokio::{
 };
 
 use crate::{
+    budget,
     error::ApiError,
     http::{route, Listener},
     state::AppState,
@@ -48,26 +53,70 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, which: Listener)
             }
         };
         let _ = stream.set_nodelay(true);
-        let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-            state.metrics.rate_limited("max_connections");
+        let Some(permit) = admit(&state, which, peer.ip()) else {
             state.shutdown.tracker.spawn(refuse(stream));
             continue;
         };
         let st = state.clone();
-        state.shutdown.tracker.spawn(serve_connection(
-            stream,
-            peer,
-            st,
-            which,
-            ConnPermit(Arc::new(permit)),
-        ));
+        state.shutdown.tracker.spawn(serve_connection(stream, peer, st, which, permit));
     }
 }
 
-/// A TCP connection's share of `max_connections`. Every request carries a clone in its
-/// extensions, so an upgraded WebSocket keeps the permit for as long as it lives.
+/// A TCP connection's share of its listener's budget and of its client IP's. Every request
+/// carries a clone in its extensions, so an upgraded WebSocket keeps them as long as it lives.
 #[derive(Clone)]
-pub struct ConnPermit(pub Arc<OwnedSemaphorePermit>);
+pub struct ConnPermit(Arc<Held>);
+
+struct Held {
+    _connection: OwnedSemaphorePermit,
+    /// The socket peer's share of `max_connections_per_ip` (not taken for a trusted proxy).
+    _peer: Option<budget::Held<IpAddr>>,
+    /// Behind a trusted proxy: the proxied client's share, taken by a WebSocket upgrade.
+    client: std::sync::OnceLock<budget::Held<IpAddr>>,
+}
+
+impl ConnPermit {
+    /// Counts this connection against `client`'s budget (a WebSocket behind a trusted proxy);
+    /// `false` when the client is at its cap.
+    pub fn hold_client(&self, budget: &Arc<budget::Budget<IpAddr>>, client: IpAddr) -> bool {
+        match budget.try_take(client) {
+            Some(held) => {
+                let _ = self.0.client.set(held);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Takes the listener's and the peer's share for a new connection, or counts why not.
+fn admit(state: &AppState, which: Listener, peer: IpAddr) -> Option<ConnPermit> {
+    let (permits, limit) = match which {
+        Listener::Public => (&state.connections, "max_connections"),
+        Listener::Admin => (&state.admin_connections, "admin_connections"),
+    };
+    let Ok(connection) = permits.clone().try_acquire_owned() else {
+        state.metrics.rate_limited(limit);
+        return None;
+    };
+    let peer = crate::auth::canonical(peer);
+    let trusted = state.config.trusted_proxies.iter().any(|net| net.contains(&peer));
+    let peer_share = match which {
+        Listener::Public if !trusted => match state.per_ip.try_take(peer) {
+            Some(h) => Some(h),
+            None => {
+                state.metrics.rate_limited("connections_per_ip");
+                return None;
+            }
+        },
+        _ => None,
+    };
+    Some(ConnPermit(Arc::new(Held {
+        _connection: connection,
+        _peer: peer_share,
+        client: std::sync::OnceLock::new(),
+    })))
+}
 
 /// Answers a connection over `max_connections` with a 503 and closes it (within a second).
 async fn refuse(mut stream: tokio::net::TcpStream) {
@@ -94,10 +143,23 @@ async fn serve_connection(
 ) {
     let token = state.shutdown.token.clone();
     let cfg = state.config.clone();
+    let request_timeout = cfg.request_timeout;
     let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(permit.clone());
         let st = state.clone();
-        async move { Ok::<_, std::convert::Infallible>(route(req, peer, st, which).await) }
+        async move {
+            let resp =
+                match tokio::time::timeout(request_timeout, route(req, peer, st.clone(), which))
+                    .await
+                {
+                    Ok(resp) => resp,
+                    Err(_) => {
+                        st.metrics.rate_limited("request_timeout");
+                        ApiError::request_timeout().into_response()
+                    }
+                };
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())

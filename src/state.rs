@@ -3,7 +3,7 @@
 //!
 //! Owns: nothing but `Arc`s.  May use: L0–L2 modules.
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -11,9 +11,11 @@ use tokio::sync::Semaphore;
 
 use crate::{
     auth::Authenticator,
+    budget::Budget,
     config::Config,
     control::Control,
     hub::Hub,
+    ids::{AccountId, KeyId},
     keys::service::KeyService,
     metrics::Metrics,
     rate_limit::Limits,
@@ -29,6 +31,13 @@ pub struct AppState {
     pub connections: Arc<Semaphore>,
     /// Upgraded sockets not yet authenticated (`max_unauthenticated`).
     pub unauthenticated: Arc<Semaphore>,
+    /// ... and per key and per account (`max_unauthenticated_per_key` / `_per_account`).
+    pub unauthenticated_per_key: Arc<Budget<KeyId>>,
+    pub unauthenticated_per_account: Arc<Budget<AccountId>>,
+    /// Open connections per client IP (`max_connections_per_ip`).
+    pub per_ip: Arc<Budget<IpAddr>>,
+    /// The admin listener's own connection budget (`admin_max_connections`).
+    pub admin_connections: Arc<Semaphore>,
     pub hub: Arc<Hub>,
     /// Revocations, retirements and the periodic revalidation of open streams' keys.
     pub control: Arc<Control>,

@@ -266,4 +266,20 @@ impl ApiError {
             format!("This account already holds {limit} keys: revoke some before creating more."),
         )
     }
+    pub fn body_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            INVALID_REQUEST,
+            "request_timeout",
+            "The request body arrived too slowly.",
+        )
+    }
+    pub fn request_timeout() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "api_error",
+            "request_timeout",
+            "The request took too long to answer; retry later.",
+        )
+    }
 }

@@ -105,7 +105,7 @@ async fn dispatch(
     };
     let caller = authorize(&req, client, state, needs).await?;
     let keys = &state.keys;
-    let limit = state.config.max_body_bytes;
+    let limit = body::Limits::of(&state.config);
     match (route, method) {
         (Route::Collection, Method::POST) => {
             let req = parse_create(body::read_json(req, limit).await?)?;

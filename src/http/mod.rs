@@ -35,6 +35,9 @@ pub async fn route(
     let method = req.method().clone();
     let uri = redact_uri(req.uri());
     let resp = dispatch(req, peer, &state, listener).await;
+    if resp.status() == hyper::StatusCode::REQUEST_TIMEOUT {
+        state.metrics.rate_limited("body_timeout");
+    }
     tracing::debug!(%peer, %method, uri = %uri, status = resp.status().as_u16(), "request");
     resp
 }
@@ -56,7 +59,7 @@ async fn dispatch(
     match (listener, path.as_str()) {
         (_, "/healthz") if m == Method::GET => health::healthz(),
         (_, "/readyz") if m == Method::GET => health::readyz(state).await,
-        (Public, "/v1/ws") => ws::upgrade::handle(req, client, state).await,
+        (Public, "/v1/ws") => ws::upgrade::handle(req, client, peer.ip(), state).await,
         #[cfg(feature = "conformance")]
         (Public, "/conformance/echo") => ws::echo::handle(req, state).await,
         (Public, "/v1/ws/tickets") if m == Method::POST => {

@@ -52,7 +52,7 @@ async fn publish(
         state.metrics.auth_failure("invalid_admin_token");
         return Err(ApiError::invalid_admin_token());
     }
-    let p: PublishRequest = body::read_json(req, state.config.max_body_bytes).await?;
+    let p: PublishRequest = body::read_json(req, body::Limits::of(&state.config)).await?;
     if p.event.is_empty() || p.event.len() > 256 {
         return Err(ApiError::invalid_param(
             "event",

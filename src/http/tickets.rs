@@ -45,7 +45,7 @@ async fn mint(
         return Err(ApiError::insufficient_scope("*.read")
             .with_message("A ticket needs a key with at least one `*.read` scope."));
     }
-    let obj = api_keys::object(body::read_json(req, state.config.max_body_bytes).await?)?;
+    let obj = api_keys::object(body::read_json(req, body::Limits::of(&state.config)).await?)?;
     api_keys::only_known(&obj, &["scopes"])?;
     let narrowed = match obj.get("scopes") {
         None | Some(Value::Null) => None,

@@ -16,9 +16,9 @@ use super::conn::{Conn, Step};
 use crate::{
     auth::Principal,
     broker::ChannelKey,
+    budget::Held,
     hub::{Hub, SessionEntry},
-    ids::AccountId,
-    ids::ConnId,
+    ids::{AccountId, ConnId, KeyId},
     metrics::{CloseLabel, Metrics},
     outbox::{Outbox, Push},
     protocol::{close::CloseCode, filter::EventFilter, ClientMessage, ServerMessage},
@@ -76,16 +76,19 @@ struct Session {
 pub struct Admission {
     pub expected: TokenHash,
     pub connection: Option<ConnPermit>,
-    pub unauthenticated: OwnedSemaphorePermit,
+    pub unauthenticated: Unauthenticated,
     /// When the `/v1/ws` request arrived (for the handshake-time histogram).
     pub started: std::time::Instant,
 }
+
+/// An unauthenticated socket's shares: of the node's budget, its key's and its account's.
+pub type Unauthenticated = (OwnedSemaphorePermit, Held<KeyId>, Held<AccountId>);
 
 /// What only the authentication phase needs; boxed, and dropped when that phase ends.
 struct Opening {
     principal: Principal,
     expected: TokenHash,
-    unauthenticated: OwnedSemaphorePermit,
+    unauthenticated: Unauthenticated,
     started: std::time::Instant,
 }
 

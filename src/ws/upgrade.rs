@@ -28,9 +28,10 @@ use crate::{
 pub async fn handle(
     req: Request<Incoming>,
     client: IpAddr,
+    peer: IpAddr,
     state: &Arc<AppState>,
 ) -> Response<Full<Bytes>> {
-    match check_and_upgrade(req, client, state).await {
+    match check_and_upgrade(req, client, peer, state).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
@@ -39,6 +40,7 @@ pub async fn handle(
 async fn check_and_upgrade(
     mut req: Request<Incoming>,
     client: IpAddr,
+    peer: IpAddr,
     state: &Arc<AppState>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let started = std::time::Instant::now();
@@ -83,6 +85,29 @@ async fn check_and_upgrade(
         state.metrics.rate_limited("unauthenticated");
         return Err(ApiError::overloaded());
     };
+    // One tenant may not hold every unauthenticated slot.
+    let Some(by_key) = state.unauthenticated_per_key.try_take(principal.key_id.clone()) else {
+        state.metrics.rate_limited("unauthenticated_per_key");
+        return Err(ApiError::rate_limited(1)
+            .with_message("Too many connections of this key are waiting to authenticate."));
+    };
+    let Some(by_account) = state.unauthenticated_per_account.try_take(principal.account.clone())
+    else {
+        state.metrics.rate_limited("unauthenticated_per_account");
+        return Err(ApiError::rate_limited(1)
+            .with_message("Too many connections of this account are waiting to authenticate."));
+    };
+    let connection = req.extensions_mut().remove::<ConnPermit>();
+    // Behind a trusted proxy the socket peer is the proxy: count the client it vouches for.
+    if client != crate::auth::canonical(peer) {
+        if let Some(c) = &connection {
+            if !c.hold_client(&state.per_ip, client) {
+                state.metrics.rate_limited("connections_per_ip");
+                return Err(ApiError::rate_limited(1)
+                    .with_message("Too many open connections from this address."));
+            }
+        }
+    }
     // Every check passed: only now is a ticket used up (a refused upgrade leaves it valid).
     // Of two connections racing with one ticket, one wins here.
     if used_ticket && !state.auth.redeem_ticket(&credential).await? {
@@ -93,8 +118,8 @@ async fn check_and_upgrade(
     }
     let admission = session::Admission {
         expected: TokenHash::of(&credential),
-        connection: req.extensions_mut().remove::<ConnPermit>(),
-        unauthenticated,
+        connection,
+        unauthenticated: (unauthenticated, by_key, by_account),
         started,
     };
     let on_upgrade = hyper::upgrade::on(&mut req);

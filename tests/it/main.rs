@@ -23,6 +23,7 @@ mod parsers;
 mod protection;
 mod redis_mode;
 mod rotation_bounds;
+mod starvation;
 mod store_faults;
 mod ticket_scopes;
 mod tickets;
