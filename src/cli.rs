@@ -17,7 +17,8 @@ use crate::{
     config::{Config, Flags},
     ids::{AccountId, KeyId},
     keys::service::{KeyService, NewKey},
-    node::{read_admin_token, Backends, Node},
+    keys::StoreError,
+    node::{read_admin_token, Backends, Node, NodeError},
     scope::{parse_scopes, Environment, Scope},
     shutdown, telemetry,
 };
@@ -180,15 +181,36 @@ async fn run(command: Command, config: Config) -> Result<(), Failure> {
 }
 
 async fn serve(config: Config) -> Result<(), Failure> {
-    let node = Node::build(config).await?;
+    // A start that cannot bind its ports or open its data dir is a setup error: exit 2.
+    let mut node = Node::build(config).await.map_err(|e| {
+        let code = match &e {
+            NodeError::Bind { .. } | NodeError::AdminToken { .. } => 2,
+            NodeError::Store(StoreError::Unavailable(_) | StoreError::Locked(_)) => 2,
+            _ => 1,
+        };
+        Failure(code, e.into())
+    })?;
+    // Handlers first: from the moment the listening lines are out, SIGTERM drains.
+    let signals = shutdown::Signals::install();
     if let Some(b) = &node.bootstrap {
-        telemetry::print_line(&format!("bootstrap key (shown once): {}", b.token.expose()));
-        tracing::info!(key_id = %b.record.id, account = %b.record.account_id, "created the bootstrap key");
+        show_bootstrap(b);
+    }
+    if let Some(late) = node.late_bootstrap.take() {
+        tokio::spawn(async move {
+            if let Ok(b) = late.await {
+                show_bootstrap(&b);
+            }
+        });
     }
     telemetry::print_line(&format!("listening on http://{}", node.public_addr));
     telemetry::print_line(&format!("admin listening on http://{}", node.admin_addr));
-    node.run(shutdown::signal()).await;
+    node.run(signals.recv()).await;
     Ok(())
+}
+
+fn show_bootstrap(b: &crate::keys::service::Created) {
+    telemetry::print_line(&format!("bootstrap key (shown once): {}", b.token.expose()));
+    tracing::info!(key_id = %b.record.id, account = %b.record.account_id, "created the bootstrap key");
 }
 
 async fn keys(command: KeysCommand, config: &Config) -> Result<(), Failure> {

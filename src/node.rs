@@ -101,6 +101,31 @@ pub struct Node {
     pub admin_addr: SocketAddr,
     /// The key created on an empty store; its secret is shown once by the caller.
     pub bootstrap: Option<Created>,
+    /// With Redis down at start: the bootstrap key, once Redis answers (if its store is empty).
+    pub late_bootstrap: Option<tokio::sync::oneshot::Receiver<Created>>,
+}
+
+/// How long a Redis-mode node waits for its broker subscription before it starts serving.
+const BROKER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Retries the bootstrap-key check until Redis answers; sends the key if one was created.
+fn spawn_late_bootstrap(keys: KeyService) -> tokio::sync::oneshot::Receiver<Created> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut pause = std::time::Duration::from_millis(200);
+        loop {
+            tokio::time::sleep(pause).await;
+            match keys.bootstrap().await {
+                Ok(Some(created)) => {
+                    let _ = tx.send(created);
+                    return;
+                }
+                Ok(None) => return, // the store has keys: nothing to show
+                Err(_) => pause = (pause * 2).min(std::time::Duration::from_secs(5)),
+            }
+        }
+    });
+    rx
 }
 
 impl Node {
@@ -110,15 +135,6 @@ impl Node {
         let keys = KeyService::new(b.store.clone(), b.hub.broker().clone())
             .with_max_previous_secrets(config.rotation_max_previous_secrets)
             .with_max_keys_per_account(config.max_keys_per_account);
-        let bootstrap = match keys.bootstrap().await {
-            Ok(created) => created,
-            // Redis may be down when a node starts; it serves (not ready) and reconnects.
-            Err(StoreError::Unavailable(e)) if config.redis_url.is_some() => {
-                tracing::warn!(error = %e, "redis unavailable at start; skipped the bootstrap-key check");
-                None
-            }
-            Err(e) => return Err(e.into()),
-        };
         let admin_token = admin_token(&config)?;
         let bind = |addr| {
             server::bind(addr, config.listen_backlog)
@@ -131,6 +147,24 @@ impl Node {
         };
         let public_addr = local(&public, config.listen)?;
         let admin_addr = local(&admin, config.admin_listen)?;
+        // Only once both listeners are bound: a start that fails creates no key, so the next
+        // successful start still shows one.
+        let (bootstrap, late_bootstrap) = match keys.bootstrap().await {
+            Ok(created) => (created, None),
+            // Redis may be down when a node starts: it serves (not ready), and creates the
+            // bootstrap key (if the store turns out empty) once Redis answers.
+            Err(StoreError::RedisDown(e)) => {
+                tracing::warn!(error = %e, "redis unavailable at start; the bootstrap-key check waits for it");
+                (None, Some(spawn_late_bootstrap(keys.clone())))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // In Redis mode, serve once the broker subscription is up (bounded: with Redis down
+        // the node starts anyway and /readyz answers 503 until it is).
+        let ready_by = std::time::Instant::now() + BROKER_WAIT;
+        while !b.hub.broker().ready() && std::time::Instant::now() < ready_by {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         let shutdown = Shutdown::new();
         let control = Control::install(b.hub.clone(), b.store.clone(), b.cache.clone());
         control.spawn(&shutdown, config.key_cache_ttl);
@@ -162,7 +196,7 @@ impl Node {
             shutdown,
             admin_token,
         });
-        Ok(Node { state, public, admin, public_addr, admin_addr, bootstrap })
+        Ok(Node { state, public, admin, public_addr, admin_addr, bootstrap, late_bootstrap })
     }
 
     pub fn state(&self) -> &Arc<AppState> {

@@ -25,25 +25,46 @@ impl Shutdown {
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT (Ctrl-C).
-pub async fn signal() {
+/// SIGTERM/SIGINT handlers, installed when this is made (so a signal that comes right
+/// after the listening lines are printed is caught, not the default "terminate" action).
+pub struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
-                    _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    handlers: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    /// Installs the handlers now (inside a tokio runtime).
+    pub fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let handlers = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+            {
+                (Ok(term), Ok(int)) => Some((term, int)),
+                _ => None,
+            };
+            Self { handlers }
         }
+        #[cfg(not(unix))]
+        Self {}
     }
-    #[cfg(not(unix))]
-    {
+
+    /// Resolves on the first SIGTERM or SIGINT (Ctrl-C).
+    pub async fn recv(self) {
+        #[cfg(unix)]
+        if let Some((mut term, mut int)) = self.handlers {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Resolves on the first SIGTERM or SIGINT (Ctrl-C), installing the handlers when first
+/// polled (use `Signals::install` to have them in place earlier).
+pub async fn signal() {
+    Signals::install().recv().await
 }

@@ -195,7 +195,7 @@ fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 fn down(e: redis::RedisError) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::RedisDown(e.to_string())
 }
 
 impl RedisSlots {
@@ -216,25 +216,43 @@ impl RedisSlots {
     }
 }
 
+/// Refreshes this node's slots every `REFRESH_EVERY`. Members are re-added (not only
+/// extended), so slots lost to a Redis that restarted empty come back and the caps hold
+/// again; a slot released while the refresh was in flight is removed again right after.
 async fn refresh(weak: Weak<RedisSlots>) {
     loop {
         tokio::time::sleep(REFRESH_EVERY).await;
         let Some(me) = weak.upgrade() else { return };
+        let held: Vec<(ConnId, KeyId, AccountId)> =
+            me.mine.iter().map(|e| (*e.key(), e.value().0.clone(), e.value().1.clone())).collect();
+        if held.is_empty() {
+            continue; // nothing to refresh (and an empty pipeline is an error)
+        }
         let expiry = now_ms() + SLOT_TTL.as_millis() as i64;
-        let mut p = redis::pipe();
         let ttl = (SLOT_TTL * 2).as_millis() as i64;
-        for e in me.mine.iter() {
-            let member = me.member(*e.key());
-            for set in [key_set(&e.value().0), account_set(&e.value().1)] {
-                // XX: only refresh members still there (never re-add one just released).
-                p.cmd("ZADD").arg(&set).arg("XX").arg(expiry).arg(&member).ignore();
+        let mut p = redis::pipe();
+        for (conn, key, account) in &held {
+            let member = me.member(*conn);
+            for set in [key_set(key), account_set(account)] {
+                p.cmd("ZADD").arg(&set).arg(expiry).arg(&member).ignore();
                 p.pexpire(&set, ttl).ignore();
             }
         }
-        if let Ok(mut c) = me.link.conn().await {
-            if let Err(e) = p.query_async::<()>(&mut c).await {
-                tracing::warn!(error = %e, "could not refresh connection slots");
-            }
+        let Ok(mut c) = me.link.conn().await else { continue };
+        if let Err(e) = p.query_async::<()>(&mut c).await {
+            tracing::warn!(error = %e, "could not refresh connection slots");
+            continue;
+        }
+        // Released meanwhile: take those out again.
+        let mut undo = redis::pipe();
+        let mut any = false;
+        for (conn, key, account) in held.iter().filter(|(c, _, _)| !me.mine.contains_key(c)) {
+            let member = me.member(*conn);
+            undo.zrem(key_set(key), &member).ignore().zrem(account_set(account), &member).ignore();
+            any = true;
+        }
+        if any {
+            let _ = undo.query_async::<()>(&mut c).await;
         }
     }
 }

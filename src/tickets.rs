@@ -111,7 +111,7 @@ fn ticket_key(hash: &TokenHash) -> String {
 }
 
 fn redis_down(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::RedisDown(e.to_string())
 }
 
 #[async_trait::async_trait]

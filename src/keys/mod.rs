@@ -100,6 +100,9 @@ pub enum StoreError {
     Locked(String),
     #[error("key store unavailable: {0}")]
     Unavailable(String),
+    /// Redis (the broker and store of Redis mode) does not answer.
+    #[error("redis unavailable: {0}")]
+    RedisDown(String),
     #[error("key store data is corrupt: {0}")]
     Corrupt(String),
     #[error("no such key")]
@@ -126,6 +129,10 @@ impl From<StoreError> for crate::error::ApiError {
             StoreError::Unavailable(_) | StoreError::Contended => {
                 tracing::error!(error = %e, "key store unavailable");
                 ApiError::store_unavailable()
+            }
+            StoreError::RedisDown(_) => {
+                tracing::warn!(error = %e, "redis unavailable");
+                ApiError::broker_unavailable()
             }
             StoreError::NotAnnounced(_) => ApiError::broker_unavailable().with_message(
                 "The change is stored but could not be announced to every node yet; retry the request.",

@@ -36,7 +36,7 @@ fn account_of(a: &AccountId) -> String {
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::RedisDown(e.to_string())
 }
 
 pub struct RedisKeyStore {

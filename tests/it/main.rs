@@ -22,6 +22,7 @@ mod operability;
 mod parsers;
 mod protection;
 mod redis_mode;
+mod redis_outage;
 mod rotation_bounds;
 mod starvation;
 mod store_faults;

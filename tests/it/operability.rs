@@ -75,3 +75,34 @@ async fn closed_stdout_and_stderr_never_crash_the_server() {
         .expect("status");
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn a_port_in_use_is_one_line_exit_2_and_creates_no_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").to_string();
+    let out = bin::command(dir.path())
+        .args(["--listen", &port, "--admin-listen", "127.0.0.1:0", "serve"])
+        .output()
+        .await
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains(&port), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("bootstrap key"));
+    // The next start that can bind still shows the bootstrap key (none was made before).
+    let mut served = bin::Served::start(dir.path(), &[]).await;
+    assert!(served.bootstrap.is_some(), "the newcomer is not locked out");
+    assert_eq!(served.terminate().await, 0);
+}
+
+#[tokio::test]
+async fn sigterm_right_after_the_listening_lines_drains_and_exits_0() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut served = bin::Served::start(dir.path(), &[]).await;
+        assert_eq!(served.terminate().await, 0, "killed by the default SIGTERM action?");
+    }
+}
