@@ -3,13 +3,14 @@
 # BENCH_REDIS_URL) and prints the loadtest JSON line. Usage:
 #   loadtest/bench.sh idle --clients 19000
 #   BENCH_REDIS_URL=redis://127.0.0.1:6390/ loadtest/bench.sh fanout --clients 10000 --mode burst
+# BENCH_SERVER and BENCH_CONFIG pick another binary and config (e.g. an older build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scenario=$1; shift
 dir=$(mktemp -d)
 extra=()
 [ -n "${BENCH_REDIS_URL:-}" ] && extra+=(--redis-url "$BENCH_REDIS_URL")
-"${BENCH_SERVER:-./target/release/miteos-stream}" --config loadtest/bench.toml --data-dir "$dir" "${extra[@]}" serve \
+"${BENCH_SERVER:-./target/release/miteos-stream}" --config "${BENCH_CONFIG:-loadtest/bench.toml}" --data-dir "$dir" "${extra[@]}" serve \
   > "$dir/server.out" 2> "$dir/server.err" &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$dir"' EXIT

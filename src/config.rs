@@ -99,6 +99,10 @@ pub struct Config {
     pub ws_read_buffer_bytes: usize,
     /// Bytes of frames a connection's writer gathers before a `write()` (coalescing).
     pub ws_write_buffer_bytes: usize,
+    /// Redis mode: event bytes read from Redis but not yet delivered, at most. A node that falls
+    /// this far behind drops its subscription (counted in miteos_broker_overflows_total), reconnects
+    /// and reports a gap, instead of growing without bound.
+    pub max_broker_queue_bytes: usize,
     /// Longest time to answer one HTTP request, body included (503 request_timeout past it).
     #[serde(with = "duration")]
     pub request_timeout: Duration,
@@ -168,6 +172,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             ws_read_buffer_bytes: 1024,
             ws_write_buffer_bytes: 16 * 1024,
+            max_broker_queue_bytes: 32 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             min_body_bytes_per_second: 1024,
             body_read_timeout: Duration::from_secs(10),
@@ -306,6 +311,7 @@ impl Config {
             ("ws_read_buffer_bytes", self.ws_read_buffer_bytes, 64),
             ("listen_backlog", self.listen_backlog as usize, 1),
             ("max_unauthenticated", self.max_unauthenticated, 1),
+            ("max_broker_queue_bytes", self.max_broker_queue_bytes, 64 * 1024),
         ];
         for (name, v, min) in at_least {
             if v < min {
@@ -475,6 +481,6 @@ mod tests {
         assert!(
             names.contains(&"redis_url".to_owned()) && names.contains(&"auth_timeout".to_owned())
         );
-        assert_eq!(names.len(), 44);
+        assert_eq!(names.len(), 45);
     }
 }

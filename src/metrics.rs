@@ -56,6 +56,7 @@ pub struct Metrics {
     pub deliveries: Counter,
     pub slow_consumer_closes: Counter,
     pub broker_gaps: Counter,
+    pub broker_overflows: Counter,
     pub rate_limited: Family<LimitLabel, Counter>,
     /// Requests refused by a policy rather than a rate (an `Origin` not allowed, …).
     pub refused: Family<ReasonLabel, Counter>,
@@ -84,6 +85,7 @@ impl Metrics {
             deliveries: Counter::default(),
             slow_consumer_closes: Counter::default(),
             broker_gaps: Counter::default(),
+            broker_overflows: Counter::default(),
             rate_limited: Family::default(),
             refused: Family::default(),
             // 1 ms … ~16 s.
@@ -144,6 +146,11 @@ impl Metrics {
             "broker_gaps",
             "Broker reconnects; events published meanwhile were lost",
             m.broker_gaps.clone(),
+        );
+        r.register(
+            "broker_overflows",
+            "Times this node dropped its broker subscription because events arrived faster than it delivered them",
+            m.broker_overflows.clone(),
         );
         r.register(
             "rate_limited",

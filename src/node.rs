@@ -63,6 +63,7 @@ impl Backends {
         let metrics = Arc::new(Metrics::new());
         let cache = Arc::new(KeyCache::new(config.key_cache_entries, config.key_cache_ttl));
         let max_event_bytes = config.max_event_bytes;
+        let queue_bytes = config.max_broker_queue_bytes;
         let Some(url) = &config.redis_url else {
             let hub = Hub::new(metrics.clone(), |handler| {
                 Arc::new(MemoryBroker::new(handler, max_event_bytes))
@@ -79,7 +80,7 @@ impl Backends {
         let link = Arc::new(RedisLink::new(url).map_err(|e| NodeError::Redis(e.to_string()))?);
         let broker_link = link.clone();
         let hub = Hub::new(metrics.clone(), move |handler| {
-            Arc::new(RedisBroker::start(broker_link, handler, max_event_bytes))
+            Arc::new(RedisBroker::start(broker_link, handler, max_event_bytes, queue_bytes))
         });
         Ok(Self {
             store: Arc::new(RedisKeyStore::new(link.clone())),

@@ -1,9 +1,8 @@
 //! Logging setup and the redaction helpers that keep secrets out of log lines.
 //!
 //! - Libraries that log message contents (an auth frame carries a token) at debug/trace —
-//!   tungstenite and tokio-tungstenite — are capped at INFO by a filter of their own that no
-//!   `RUST_LOG`/`log` directive can lift (a more specific directive would win over a plain
-//!   `add_directive`).
+//!   tungstenite and tokio-tungstenite — are capped at INFO whatever `RUST_LOG`/`log` says:
+//!   their directives are clamped before the filter is built (`capped`).
 //! - Output is plain text (ANSI colours only when stderr is a terminal) or, with
 //!   `log_format = "json"`, one JSON object per line. A write error on stderr (a closed pipe)
 //!   is ignored: logging never takes the server down. `print_line` does the same for stdout.
@@ -14,20 +13,42 @@
 
 use std::io::{IsTerminal, Write};
 
-use tracing::{level_filters::LevelFilter, Metadata};
-use tracing_subscriber::{
-    filter::filter_fn, fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer,
-};
+use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
 
 /// Targets whose debug/trace events may carry message payloads.
 const PAYLOAD_LOGGERS: [&str; 2] = ["tungstenite", "tokio_tungstenite"];
 
-/// Whether an event may be logged whatever the user's filter says.
-fn allowed(meta: &Metadata<'_>) -> bool {
-    let payload_logger = PAYLOAD_LOGGERS
-        .iter()
-        .any(|t| meta.target() == *t || meta.target().starts_with(&format!("{t}::")));
-    !payload_logger || *meta.level() <= LevelFilter::INFO
+/// The user's filter with every directive for a payload logger clamped to `info`, plus
+/// `tungstenite=info,tokio_tungstenite=info` (which win over a bare level). Done on the
+/// directives rather than by a second filter so the subscriber keeps its static max level:
+/// a per-layer filter without one makes every `log` call in tungstenite's frame path (it
+/// logs each frame at trace) reach the subscriber, which cost 25–40 % of fan-out.
+fn capped(filter: &str) -> String {
+    let mut out: Vec<String> = filter
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| {
+            let target = d.split(['[', '=']).next().unwrap_or_default();
+            let payload = PAYLOAD_LOGGERS
+                .iter()
+                .any(|t| target == *t || target.starts_with(&format!("{t}::")));
+            let verbose = d.rsplit('=').next().is_some_and(|l| {
+                matches!(l.trim().to_ascii_lowercase().as_str(), "debug" | "trace" | "5" | "4")
+            });
+            if payload && d.contains('=') && verbose {
+                format!("{}=info", &d[..d.rfind('=').unwrap_or(d.len())])
+            } else {
+                d.to_owned()
+            }
+        })
+        .collect();
+    for t in PAYLOAD_LOGGERS {
+        if !out.iter().any(|d| d.split('=').next() == Some(t)) {
+            out.push(format!("{t}=info"));
+        }
+    }
+    out.join(",")
 }
 
 /// Stderr whose write errors are swallowed (a closed pipe must not stop the server).
@@ -47,9 +68,9 @@ impl Write for QuietStderr {
 /// Installs the stderr subscriber; `RUST_LOG` wins over `filter`. `json` selects one JSON
 /// object per line. Safe to call twice.
 pub fn init(filter: &str, json: bool) {
-    let env = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(filter))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let wanted = std::env::var("RUST_LOG").ok().filter(|f| !f.trim().is_empty());
+    let env = EnvFilter::try_new(capped(wanted.as_deref().unwrap_or(filter)))
+        .unwrap_or_else(|_| EnvFilter::new(capped("info")));
     let writer = || QuietStderr;
     let ansi = std::io::stderr().is_terminal();
     let layer = if json {
@@ -57,9 +78,7 @@ pub fn init(filter: &str, json: bool) {
     } else {
         fmt::layer().with_writer(writer).with_target(false).with_ansi(ansi).boxed()
     };
-    let _ = tracing_subscriber::registry()
-        .with(layer.with_filter(env).with_filter(filter_fn(allowed)))
-        .try_init();
+    let _ = tracing_subscriber::registry().with(env).with(layer).try_init();
 }
 
 /// Prints one line on stdout, ignoring a closed stdout (scripts read these lines; a write
@@ -129,6 +148,20 @@ mod tests {
         let uri: hyper::Uri =
             "/v1/ws?tok%65n=mt_live_sk_abc&x=mt%5Ftest%5Fsk%5Fdef".parse().unwrap();
         assert_eq!(redact_uri(&uri), "/v1/ws?tok%65n=REDACTED&x=REDACTED");
+    }
+
+    #[test]
+    fn payload_loggers_are_capped_whatever_the_filter_says() {
+        assert_eq!(capped("trace"), "trace,tungstenite=info,tokio_tungstenite=info");
+        assert_eq!(
+            capped("info,tungstenite::protocol=trace, tokio_tungstenite=DEBUG,hyper=trace"),
+            "info,tungstenite::protocol=info,tokio_tungstenite=info,hyper=trace,tungstenite=info"
+        );
+        assert_eq!(
+            capped("tungstenite[x]=trace"),
+            "tungstenite[x]=info,tungstenite=info,tokio_tungstenite=info"
+        );
+        assert_eq!(capped("tungstenite=warn"), "tungstenite=warn,tokio_tungstenite=info");
     }
 
     #[test]

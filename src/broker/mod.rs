@@ -49,6 +49,12 @@ pub enum Delivery {
     Control(ControlMessage),
     /// The broker lost its connection: anything published meanwhile was lost.
     Gap,
+    /// The control connection reconnected: control messages may have been missed (no event
+    /// was lost by it).
+    ControlGap,
+    /// The node read events slower than they arrived and dropped its subscription to stay
+    /// within its memory bound (a `Gap` follows once it is back).
+    Overflow,
 }
 
 /// The node's handler for deliveries. Called in order per channel, never awaits.

@@ -1,11 +1,18 @@
 //! The Redis broker: every node SUBSCRIBEs exactly the channels it has local subscribers for
-//! (`mt:{env}:{account}:{topic}`) plus `mt:control`, on one pub/sub connection drained by one
-//! reader task in order; publishing goes over the shared command connection.
+//! (`mt:{env}:{account}:{topic}`) on one pub/sub connection, and `mt:control` on a second one
+//! of its own, so a flood of events never delays a revocation; publishing goes over the
+//! shared command connection.
 //!
-//! The broker keeps the *desired* set of channels. A supervisor task (re)connects with
-//! jittered, capped exponential backoff, resubscribes the desired set, reports a `Gap`
-//! after every reconnect (Redis pub/sub is at-most-once: what was published meanwhile is
-//! lost), and pings the connection so a silent failure is noticed.
+//! Ingress is bounded: the event connection's reader only moves messages into a queue of at
+//! most `max_broker_queue_bytes`, which one delivery task drains into the Hub in order. A node that
+//! cannot keep up (the queue is full) drops its event connection — an overflow, counted —
+//! and reconnects: Redis discards what it published meanwhile, the node reports a `Gap`, and
+//! memory stays bounded instead of growing until the process is killed.
+//!
+//! The broker keeps the *desired* set of channels. A supervisor task per connection
+//! (re)connects with jittered, capped exponential backoff, resubscribes, reports a `Gap` after
+//! every reconnect (Redis pub/sub is at-most-once: what was published meanwhile is lost), and
+//! pings the connection so a silent failure is noticed.
 //!
 //! Owns: the pub/sub connection, the desired set, readiness.  May use: broker, codec,
 //! redis_link.  Never: PSUBSCRIBE, a task per message.
@@ -13,7 +20,7 @@
 use std::{
     collections::HashSet,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Weak,
     },
     time::Duration,
@@ -53,9 +60,22 @@ struct Inner {
     node: String,
     max_event_bytes: usize,
     desired: Mutex<HashSet<String>>,
-    /// The live connection's subscribe handle; `None` while disconnected.
+    /// The live event connection's subscribe handle; `None` while disconnected.
     sink: Mutex<Option<PubSubSink>>,
+    /// Whether the event connection and the control connection are up.
     ready: AtomicBool,
+    control_ready: AtomicBool,
+    /// Messages read from Redis, in order, for the delivery task; and their payload bytes.
+    queue: tokio::sync::mpsc::UnboundedSender<Queued>,
+    queued_bytes: AtomicUsize,
+    max_queued_bytes: usize,
+}
+
+/// What the reader hands the delivery task.
+enum Queued {
+    Message { channel: String, payload: Vec<u8> },
+    Gap,
+    Overflow,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BrokerError {
@@ -64,7 +84,14 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
 
 impl RedisBroker {
     /// Starts the supervisor task; the broker becomes ready once Redis answers.
-    pub fn start(link: Arc<RedisLink>, handler: Weak<dyn Deliver>, max_event_bytes: usize) -> Self {
+    /// `max_queued_bytes` bounds what was read from Redis and not yet delivered.
+    pub fn start(
+        link: Arc<RedisLink>,
+        handler: Weak<dyn Deliver>,
+        max_event_bytes: usize,
+        max_queued_bytes: usize,
+    ) -> Self {
+        let (queue, queued) = tokio::sync::mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             link,
             handler,
@@ -73,9 +100,20 @@ impl RedisBroker {
             desired: Mutex::new(HashSet::new()),
             sink: Mutex::new(None),
             ready: AtomicBool::new(false),
+            control_ready: AtomicBool::new(false),
+            queue,
+            queued_bytes: AtomicUsize::new(0),
+            max_queued_bytes,
         });
         tokio::spawn(supervise(Arc::downgrade(&inner)));
+        tokio::spawn(supervise_control(Arc::downgrade(&inner)));
+        tokio::spawn(drain(Arc::downgrade(&inner), queued));
         Self { inner }
+    }
+
+    /// Event payload bytes read from Redis and not yet delivered (bounded).
+    pub fn queued_bytes(&self) -> usize {
+        self.inner.queued_bytes.load(Ordering::Relaxed)
     }
 }
 
@@ -86,16 +124,28 @@ impl Inner {
         }
     }
 
-    /// One message from the subscription, in arrival order.
-    fn on_message(&self, channel: &str, payload: &[u8]) {
-        if channel == CONTROL_CHANNEL {
-            match serde_json::from_slice::<Envelope>(payload) {
-                Ok(env) if env.node == self.node => {} // applied locally when published
-                Ok(env) => self.deliver(Delivery::Control(env.msg)),
-                Err(e) => tracing::warn!(error = %e, "ignoring a malformed control message"),
-            }
-            return;
+    /// A message of the control connection.
+    fn on_control(&self, payload: &[u8]) {
+        match serde_json::from_slice::<Envelope>(payload) {
+            Ok(env) if env.node == self.node => {} // applied locally when published
+            Ok(env) => self.deliver(Delivery::Control(env.msg)),
+            Err(e) => tracing::warn!(error = %e, "ignoring a malformed control message"),
         }
+    }
+
+    /// Queues one event message for the delivery task; `false` when the queue is full.
+    fn enqueue(&self, channel: &str, payload: &[u8]) -> bool {
+        let size = payload.len() + channel.len();
+        if self.queued_bytes.fetch_add(size, Ordering::AcqRel) + size > self.max_queued_bytes {
+            self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+            return false;
+        }
+        let msg = Queued::Message { channel: channel.to_owned(), payload: payload.to_vec() };
+        self.queue.send(msg).is_ok()
+    }
+
+    /// One event message, in arrival order (on the delivery task).
+    fn on_message(&self, channel: &str, payload: &[u8]) {
         let Some(key) = ChannelKey::parse(channel) else { return };
         match codec::decode(key.topic, payload, self.max_event_bytes) {
             Ok(event) => self.deliver(Delivery::Event { channel: key, event }),
@@ -104,16 +154,15 @@ impl Inner {
     }
 }
 
-/// Connect, subscribe, read until the connection fails, back off, repeat — until the node
-/// (the handler) is gone.
+/// Connect, subscribe, read until the connection fails, back off, repeat — until the broker
+/// is dropped (with the Hub that owns it). Not "until the handler is gone": the Hub builds
+/// its broker inside `Arc::new_cyclic`, so the handler is not upgradable yet when this task
+/// may first run (that made a node never connect, now and then, under load).
 async fn supervise(weak: Weak<Inner>) {
     let mut failures: u32 = 0;
     let mut connected_before = false;
     loop {
         let Some(inner) = weak.upgrade() else { return };
-        if inner.handler.strong_count() == 0 {
-            return;
-        }
         match connect(&inner).await {
             Ok(stream) => {
                 failures = 0;
@@ -122,7 +171,7 @@ async fn supervise(weak: Weak<Inner>) {
                     tracing::info!(
                         "reconnected to redis; events published during the outage were lost"
                     );
-                    inner.deliver(Delivery::Gap);
+                    let _ = inner.queue.send(Queued::Gap);
                 } else {
                     tracing::info!("connected to redis");
                 }
@@ -164,10 +213,6 @@ async fn connect(inner: &Inner) -> Result<redis::aio::PubSubStream, BrokerError>
         .map_err(unavailable)?
         .map_err(unavailable)?;
     let (mut sink, stream) = pubsub.split();
-    tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(CONTROL_CHANNEL))
-        .await
-        .map_err(unavailable)?
-        .map_err(unavailable)?;
     // Install the sink first, then snapshot: a concurrent `subscribe` either sees the sink
     // (and subscribes itself) or lands in the snapshot.
     *inner.sink.lock() = Some(sink.clone());
@@ -181,14 +226,24 @@ async fn connect(inner: &Inner) -> Result<redis::aio::PubSubStream, BrokerError>
     Ok(stream)
 }
 
-/// Drains the subscription in order, pinging it when quiet, until it fails.
+/// Reads the event subscription into the bounded queue, pinging it when quiet, until it
+/// fails or the queue overflows (then the connection is dropped: an overflow gap).
 async fn read(inner: &Inner, mut stream: redis::aio::PubSubStream) {
     let mut health = tokio::time::interval(HEALTH_EVERY);
     health.tick().await;
     loop {
         tokio::select! {
             msg = stream.next() => match msg {
-                Some(msg) => inner.on_message(msg.get_channel_name(), msg.get_payload_bytes()),
+                Some(msg) => {
+                    if !inner.enqueue(msg.get_channel_name(), msg.get_payload_bytes()) {
+                        tracing::warn!(
+                            "this node delivers slower than events arrive: dropping its redis \
+                             subscription (events published until it is back are lost)"
+                        );
+                        let _ = inner.queue.send(Queued::Overflow);
+                        return;
+                    }
+                }
                 None => return,
             },
             _ = health.tick() => {
@@ -200,6 +255,82 @@ async fn read(inner: &Inner, mut stream: redis::aio::PubSubStream) {
             }
         }
     }
+}
+
+/// The delivery task: hands queued messages to the Hub in order, until the broker is gone.
+async fn drain(weak: Weak<Inner>, mut queued: tokio::sync::mpsc::UnboundedReceiver<Queued>) {
+    while let Some(item) = queued.recv().await {
+        let Some(inner) = weak.upgrade() else { return };
+        match item {
+            Queued::Message { channel, payload } => {
+                inner.on_message(&channel, &payload);
+                inner.queued_bytes.fetch_sub(payload.len() + channel.len(), Ordering::AcqRel);
+            }
+            Queued::Gap => inner.deliver(Delivery::Gap),
+            Queued::Overflow => inner.deliver(Delivery::Overflow),
+        }
+    }
+}
+
+/// The control connection: `mt:control` only, read and applied inline, reconnecting with
+/// the same backoff; a reconnect is a gap (a revocation may have been missed).
+async fn supervise_control(weak: Weak<Inner>) {
+    let (mut failures, mut connected_before) = (0u32, false);
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        match connect_control(&inner).await {
+            Ok((mut sink, mut stream)) => {
+                failures = 0;
+                inner.control_ready.store(true, Ordering::SeqCst);
+                if connected_before {
+                    inner.deliver(Delivery::ControlGap);
+                }
+                connected_before = true;
+                let mut health = tokio::time::interval(HEALTH_EVERY);
+                health.tick().await;
+                loop {
+                    tokio::select! {
+                        msg = stream.next() => match msg {
+                            Some(msg) => inner.on_control(msg.get_payload_bytes()),
+                            None => break,
+                        },
+                        _ = health.tick() => {
+                            let pong = tokio::time::timeout(COMMAND_TIMEOUT, sink.ping::<redis::Value>()).await;
+                            if !matches!(pong, Ok(Ok(_))) {
+                                break;
+                            }
+                        }
+                    }
+                }
+                inner.control_ready.store(false, Ordering::SeqCst);
+                tracing::warn!("lost the redis control connection; reconnecting");
+            }
+            Err(e) => {
+                if failures == 0 {
+                    tracing::warn!(error = %e, "cannot reach redis for control messages; retrying");
+                }
+                failures = failures.saturating_add(1);
+            }
+        }
+        drop(inner);
+        tokio::time::sleep(backoff(failures)).await;
+    }
+}
+
+async fn connect_control(
+    inner: &Inner,
+) -> Result<(PubSubSink, redis::aio::PubSubStream), BrokerError> {
+    let client = inner.link.client().clone();
+    let pubsub = tokio::time::timeout(COMMAND_TIMEOUT, client.get_async_pubsub())
+        .await
+        .map_err(unavailable)?
+        .map_err(unavailable)?;
+    let (mut sink, stream) = pubsub.split();
+    tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(CONTROL_CHANNEL))
+        .await
+        .map_err(unavailable)?
+        .map_err(unavailable)?;
+    Ok((sink, stream))
 }
 
 #[async_trait::async_trait]
@@ -265,7 +396,7 @@ impl Broker for RedisBroker {
     }
 
     fn ready(&self) -> bool {
-        self.inner.ready.load(Ordering::SeqCst)
+        self.inner.ready.load(Ordering::SeqCst) && self.inner.control_ready.load(Ordering::SeqCst)
     }
 }
 

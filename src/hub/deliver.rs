@@ -70,6 +70,10 @@ impl Deliver for Hub {
                 Some(handle) => handle(msg),
                 None => tracing::warn!("a control message arrived before the node was wired"),
             },
+            Delivery::ControlGap => self.gap.notify_one(),
+            Delivery::Overflow => {
+                self.metrics.broker_overflows.inc();
+            }
             Delivery::Gap => {
                 self.metrics.broker_gaps.inc();
                 self.gap.notify_one();

@@ -34,6 +34,8 @@ impl Deliver for Recorder {
             Delivery::Control(ControlMessage::Revoke { key_id }) => format!("revoke {key_id}"),
             Delivery::Control(other) => format!("control {other:?}"),
             Delivery::Gap => "gap".into(),
+            Delivery::Overflow => "overflow".into(),
+            Delivery::ControlGap => "control gap".into(),
         };
         self.seen.lock().unwrap().push(line);
     }
@@ -124,7 +126,7 @@ async fn the_redis_broker_keeps_the_broker_rules() {
     let rec = Arc::new(Recorder::default());
     let handler: Weak<dyn Deliver> = Arc::downgrade(&(rec.clone() as Arc<dyn Deliver>));
     let link = Arc::new(RedisLink::new(&redis.url()).expect("url"));
-    let broker = Arc::new(RedisBroker::start(link, handler, 64 * 1024));
+    let broker = Arc::new(RedisBroker::start(link, handler, 64 * 1024, 1 << 20));
     for _ in 0..500 {
         if broker.ready() {
             break;
@@ -132,4 +134,33 @@ async fn the_redis_broker_keeps_the_broker_rules() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     conformance(broker, rec, true).await;
+}
+
+/// The Hub builds its broker inside `Arc::new_cyclic`: the handler cannot be upgraded yet
+/// when the supervisor tasks first run. They must connect anyway (they used to quit, leaving
+/// a node that never became ready now and then under load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_broker_connects_even_if_its_handler_is_not_built_yet() {
+    let redis = RedisServer::start().await;
+    let link = Arc::new(RedisLink::new(&redis.url()).unwrap());
+    let mut broker = None;
+    let handler = Arc::new_cyclic(|me: &Weak<Recorder>| {
+        let weak: Weak<dyn Deliver> = me.clone();
+        let b = RedisBroker::start(link, weak, 64 * 1024, 1 << 20);
+        // Give the supervisors every chance to run before the handler exists.
+        std::thread::sleep(Duration::from_millis(200));
+        broker = Some(b);
+        Recorder::default()
+    });
+    let broker = broker.expect("built");
+    let mut ready = false;
+    for _ in 0..1000 {
+        if broker.ready() {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(ready, "the broker never connected");
+    drop(handler);
 }

@@ -21,6 +21,7 @@ mod metrics;
 mod operability;
 mod parsers;
 mod protection;
+mod redis_flood;
 mod redis_mode;
 mod redis_outage;
 mod rotation_bounds;
