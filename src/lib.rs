@@ -10,9 +10,9 @@
 //! | `ids`, `scope`, `token`, `error` | L0 | ids, scopes/topics, the `mt_*_sk_` format, `ApiError` |
 //! | `protocol` (`close`, `filter`) | L0 | WebSocket messages, close codes, event-name globs |
 //! | `broker::codec` | L0 | channel names, producer events → pre-serialised frames |
-//! | `metrics`, `telemetry`, `shutdown`, `outbox` | L1 | counters, logging/redaction, drain, per-connection queue |
+//! | `metrics`, `telemetry`, `shutdown`, `outbox`, `budget` | L1 | counters, logging/redaction, drain, per-connection queue, capped per-key counters |
 //! | `keys` (`embedded`) , `broker` (`memory`) | L1 | the `KeyStore` and `Broker` seams and their impls |
-//! | `keys::service`, `auth`, `hub`, `state` | L2 | key lifecycle, authentication, fan-out registry |
+//! | `keys::service`, `auth`, `hub`, `control`, `state` | L2 | key lifecycle, authentication, fan-out registry, control messages and revalidation |
 //! | `server`, `http`, `ws` | L3 | accept loop, routes, WebSocket upgrade and sessions |
 //! | `node`, `cli` | L4 | wiring and the command line |
 //!

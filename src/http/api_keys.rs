@@ -101,7 +101,11 @@ async fn dispatch(
         (Route::Collection, &Method::POST)
         | (Route::Key(_), &Method::DELETE)
         | (Route::Rotate(_), &Method::POST) => Scope::TeamsWrite,
-        _ => return Err(ApiError::method_not_allowed()),
+        (Route::Collection, _) => {
+            return Err(ApiError::method_not_allowed().with_allow("GET, POST"));
+        }
+        (Route::Key(_), _) => return Err(ApiError::method_not_allowed().with_allow("GET, DELETE")),
+        (Route::Rotate(_), _) => return Err(ApiError::method_not_allowed().with_allow("POST")),
     };
     let caller = authorize(&req, client, state, needs).await?;
     let keys = &state.keys;

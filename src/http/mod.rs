@@ -73,8 +73,11 @@ async fn dispatch(
             health::metrics(state, accept)
         }
         (Admin, "/internal/v1/publish") if m == Method::POST => publish::handle(req, state).await,
-        (_, "/healthz" | "/readyz") | (Admin, "/metrics" | "/internal/v1/publish") => {
-            ApiError::method_not_allowed().into_response()
+        (_, "/healthz" | "/readyz") | (Admin, "/metrics") => {
+            ApiError::method_not_allowed().with_allow("GET").into_response()
+        }
+        (Public, "/v1/ws/tickets") | (Admin, "/internal/v1/publish") => {
+            ApiError::method_not_allowed().with_allow("POST").into_response()
         }
         _ => ApiError::not_found().into_response(),
     }

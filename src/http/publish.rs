@@ -8,7 +8,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{body::Incoming, Request, Response, StatusCode};
-use serde::Deserialize;
 use serde_json::{json, value::RawValue};
 use subtle::ConstantTimeEq;
 
@@ -21,19 +20,64 @@ use crate::{
     state::AppState,
 };
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct PublishRequest {
     account_id: AccountId,
     environment: Environment,
     channel: Topic,
     event: String,
-    #[serde(default)]
     data: Option<Box<RawValue>>,
-    #[serde(default)]
     id: Option<String>,
-    #[serde(default)]
     created_at: Option<String>,
+}
+
+/// The fields of the body, each kept as its raw JSON (so `data` passes through verbatim).
+type Fields = std::collections::BTreeMap<String, Box<RawValue>>;
+
+const FIELDS: [&str; 7] =
+    ["account_id", "environment", "channel", "event", "data", "id", "created_at"];
+
+fn string(fields: &Fields, name: &str) -> Result<Option<String>, ApiError> {
+    match fields.get(name) {
+        None => Ok(None),
+        Some(raw) => serde_json::from_str::<String>(raw.get())
+            .map(Some)
+            .map_err(|_| ApiError::invalid_param(name, format!("`{name}` must be a string."))),
+    }
+}
+
+fn required(fields: &Fields, name: &str) -> Result<String, ApiError> {
+    string(fields, name)?.ok_or_else(|| ApiError::missing_param(name))
+}
+
+/// Parses the body: a missing field is `missing_param`, a wrong type or value
+/// `invalid_param`, an unknown field `unknown_param` — each naming the field.
+fn parse(fields: Fields) -> Result<PublishRequest, ApiError> {
+    if let Some(unknown) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::unknown_param(unknown));
+    }
+    let account = required(&fields, "account_id")?;
+    let account_id = AccountId::parse(&account)
+        .map_err(|e| ApiError::invalid_param("account_id", e.to_string()))?;
+    let environment = required(&fields, "environment")?.parse().map_err(|_| {
+        ApiError::invalid_param("environment", "`environment` must be `live` or `test`.")
+    })?;
+    let name = required(&fields, "channel")?;
+    let channel = name.parse().map_err(|_| {
+        let all: Vec<&str> = Topic::ALL.iter().map(|t| t.as_str()).collect();
+        ApiError::invalid_param(
+            "channel",
+            format!("Unknown channel `{name}`: use one of {}.", all.join(", ")),
+        )
+    })?;
+    Ok(PublishRequest {
+        account_id,
+        environment,
+        channel,
+        event: required(&fields, "event")?,
+        data: fields.get("data").cloned(),
+        id: string(&fields, "id")?,
+        created_at: string(&fields, "created_at")?,
+    })
 }
 
 pub async fn handle(req: Request<Incoming>, state: &Arc<AppState>) -> Response<Full<Bytes>> {
@@ -52,7 +96,8 @@ async fn publish(
         state.metrics.auth_failure("invalid_admin_token");
         return Err(ApiError::invalid_admin_token());
     }
-    let p: PublishRequest = body::read_json(req, body::Limits::of(&state.config)).await?;
+    let fields: Fields = body::read_json(req, body::Limits::of(&state.config)).await?;
+    let p = parse(fields)?;
     if p.event.is_empty() || p.event.len() > 256 {
         return Err(ApiError::invalid_param(
             "event",

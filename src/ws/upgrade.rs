@@ -45,7 +45,7 @@ async fn check_and_upgrade(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let started = std::time::Instant::now();
     if req.method() != Method::GET {
-        return Err(ApiError::method_not_allowed());
+        return Err(ApiError::method_not_allowed().with_allow("GET"));
     }
     // Without the broker a new stream would receive nothing: refuse before any store lookup.
     if !state.hub.broker().ready() {

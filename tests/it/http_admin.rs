@@ -60,11 +60,11 @@ async fn publish_validates_its_body() {
     let s = TestServer::with(|c| c.max_body_bytes = 2048).await;
     let mut admin = s.admin().await;
     let cases = [
-        (json!({"account_id": "acct_local", "environment": "test", "channel": "nope", "event": "e"}).to_string(), 400, "invalid_json"),
-        (json!({"account_id": "acct_local", "environment": "prod", "channel": "tasks", "event": "e"}).to_string(), 400, "invalid_json"),
-        (json!({"account_id": "a:b", "environment": "test", "channel": "tasks", "event": "e"}).to_string(), 400, "invalid_json"),
+        (json!({"account_id": "acct_local", "environment": "test", "channel": "nope", "event": "e"}).to_string(), 400, "invalid_param"),
+        (json!({"account_id": "acct_local", "environment": "prod", "channel": "tasks", "event": "e"}).to_string(), 400, "invalid_param"),
+        (json!({"account_id": "a:b", "environment": "test", "channel": "tasks", "event": "e"}).to_string(), 400, "invalid_param"),
         (json!({"account_id": "acct_local", "environment": "test", "channel": "tasks", "event": ""}).to_string(), 400, "invalid_param"),
-        (json!({"environment": "test", "channel": "tasks", "event": "e"}).to_string(), 400, "invalid_json"),
+        (json!({"environment": "test", "channel": "tasks", "event": "e"}).to_string(), 400, "missing_param"),
         ("{not json".to_owned(), 400, "invalid_json"),
         (json!({"account_id": "acct_local", "environment": "test", "channel": "tasks", "event": "e", "data": "x".repeat(3000)}).to_string(), 413, "body_too_large"),
     ];

@@ -19,6 +19,7 @@ mod key_store;
 mod log_secrets;
 mod metrics;
 mod operability;
+mod param_errors;
 mod parsers;
 mod protection;
 mod redis_flood;
