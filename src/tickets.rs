@@ -134,19 +134,23 @@ impl TicketStore for RedisTickets {
     }
 
     async fn peek(&self, hash: &TokenHash) -> Result<Option<TicketRecord>, StoreError> {
-        let mut c = self.link.conn().await.map_err(redis_down)?;
-        let raw: Option<String> = redis::cmd("GET")
-            .arg(ticket_key(hash))
-            .query_async(&mut c)
-            .await
-            .map_err(redis_down)?;
-        raw.map(|r| serde_json::from_str(&r).map_err(|e| StoreError::Corrupt(e.to_string())))
-            .transpose()
+        self.read("GET", hash).await
     }
 
     async fn take(&self, hash: &TokenHash) -> Result<Option<TicketRecord>, StoreError> {
+        self.read("GETDEL", hash).await
+    }
+}
+
+impl RedisTickets {
+    /// Reads a ticket with `GET` (leave it) or `GETDEL` (use it up).
+    async fn read(
+        &self,
+        command: &str,
+        hash: &TokenHash,
+    ) -> Result<Option<TicketRecord>, StoreError> {
         let mut c = self.link.conn().await.map_err(redis_down)?;
-        let raw: Option<String> = redis::cmd("GETDEL")
+        let raw: Option<String> = redis::cmd(command)
             .arg(ticket_key(hash))
             .query_async(&mut c)
             .await

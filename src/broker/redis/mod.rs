@@ -33,6 +33,8 @@ use rand::Rng;
 use redis::aio::PubSubSink;
 use serde::{Deserialize, Serialize};
 
+mod control;
+
 use super::{codec, Broker, BrokerError, ChannelKey, ControlMessage, Deliver, Delivery};
 use crate::{ids::random_base62, redis_link::RedisLink};
 
@@ -106,7 +108,7 @@ impl RedisBroker {
             max_queued_bytes,
         });
         tokio::spawn(supervise(Arc::downgrade(&inner)));
-        tokio::spawn(supervise_control(Arc::downgrade(&inner)));
+        tokio::spawn(control::supervise(Arc::downgrade(&inner)));
         tokio::spawn(drain(Arc::downgrade(&inner), queued));
         Self { inner }
     }
@@ -206,13 +208,18 @@ fn backoff(failures: u32) -> Duration {
     half + half.mul_f64(rand::rng().random::<f64>())
 }
 
-async fn connect(inner: &Inner) -> Result<redis::aio::PubSubStream, BrokerError> {
+/// Opens a pub/sub connection (within `COMMAND_TIMEOUT`).
+async fn open(inner: &Inner) -> Result<(PubSubSink, redis::aio::PubSubStream), BrokerError> {
     let client = inner.link.client().clone();
     let pubsub = tokio::time::timeout(COMMAND_TIMEOUT, client.get_async_pubsub())
         .await
         .map_err(unavailable)?
         .map_err(unavailable)?;
-    let (mut sink, stream) = pubsub.split();
+    Ok(pubsub.split())
+}
+
+async fn connect(inner: &Inner) -> Result<redis::aio::PubSubStream, BrokerError> {
+    let (mut sink, stream) = open(inner).await?;
     // Install the sink first, then snapshot: a concurrent `subscribe` either sees the sink
     // (and subscribes itself) or lands in the snapshot.
     *inner.sink.lock() = Some(sink.clone());
@@ -270,67 +277,6 @@ async fn drain(weak: Weak<Inner>, mut queued: tokio::sync::mpsc::UnboundedReceiv
             Queued::Overflow => inner.deliver(Delivery::Overflow),
         }
     }
-}
-
-/// The control connection: `mt:control` only, read and applied inline, reconnecting with
-/// the same backoff; a reconnect is a gap (a revocation may have been missed).
-async fn supervise_control(weak: Weak<Inner>) {
-    let (mut failures, mut connected_before) = (0u32, false);
-    loop {
-        let Some(inner) = weak.upgrade() else { return };
-        match connect_control(&inner).await {
-            Ok((mut sink, mut stream)) => {
-                failures = 0;
-                inner.control_ready.store(true, Ordering::SeqCst);
-                if connected_before {
-                    inner.deliver(Delivery::ControlGap);
-                }
-                connected_before = true;
-                let mut health = tokio::time::interval(HEALTH_EVERY);
-                health.tick().await;
-                loop {
-                    tokio::select! {
-                        msg = stream.next() => match msg {
-                            Some(msg) => inner.on_control(msg.get_payload_bytes()),
-                            None => break,
-                        },
-                        _ = health.tick() => {
-                            let pong = tokio::time::timeout(COMMAND_TIMEOUT, sink.ping::<redis::Value>()).await;
-                            if !matches!(pong, Ok(Ok(_))) {
-                                break;
-                            }
-                        }
-                    }
-                }
-                inner.control_ready.store(false, Ordering::SeqCst);
-                tracing::warn!("lost the redis control connection; reconnecting");
-            }
-            Err(e) => {
-                if failures == 0 {
-                    tracing::warn!(error = %e, "cannot reach redis for control messages; retrying");
-                }
-                failures = failures.saturating_add(1);
-            }
-        }
-        drop(inner);
-        tokio::time::sleep(backoff(failures)).await;
-    }
-}
-
-async fn connect_control(
-    inner: &Inner,
-) -> Result<(PubSubSink, redis::aio::PubSubStream), BrokerError> {
-    let client = inner.link.client().clone();
-    let pubsub = tokio::time::timeout(COMMAND_TIMEOUT, client.get_async_pubsub())
-        .await
-        .map_err(unavailable)?
-        .map_err(unavailable)?;
-    let (mut sink, stream) = pubsub.split();
-    tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(CONTROL_CHANNEL))
-        .await
-        .map_err(unavailable)?
-        .map_err(unavailable)?;
-    Ok((sink, stream))
 }
 
 #[async_trait::async_trait]

@@ -1,0 +1,117 @@
+//! A session's channel messages: `subscribe` (scope-checked, with event filters) and
+//! `unsubscribe`, validated as a whole before anything changes.
+//!
+//! May use: the parent module, hub, protocol.
+
+use std::sync::Arc;
+
+use super::Session;
+use crate::{
+    broker::BrokerError,
+    protocol::{filter::EventFilter, ServerMessage},
+    scope::Topic,
+};
+
+impl Session {
+    /// Validates every requested channel first; on any error nothing changes.
+    fn parse_channels(
+        &self,
+        names: &[String],
+        need_read: bool,
+    ) -> Result<Vec<Topic>, ServerMessage> {
+        if names.is_empty() {
+            return Err(ServerMessage::error(
+                "invalid_message",
+                "`channels` must list at least one channel",
+                Some("channels".into()),
+            ));
+        }
+        let mut topics = Vec::with_capacity(names.len());
+        for name in names {
+            let topic: Topic = name.parse().map_err(|_| {
+                ServerMessage::error(
+                    "unknown_channel",
+                    format!("unknown channel `{name}`"),
+                    Some(name.clone()),
+                )
+            })?;
+            if need_read && !self.readable.contains(topic) {
+                let scope = topic.read_scope().to_string();
+                return Err(ServerMessage::error(
+                    "insufficient_scope",
+                    format!("this key lacks `{scope}`"),
+                    Some(scope),
+                ));
+            }
+            topics.push(topic);
+        }
+        topics.sort_by_key(|t| t.as_str());
+        topics.dedup();
+        Ok(topics)
+    }
+
+    pub(super) async fn subscribe(&mut self, names: &[String], events: Option<&[String]>) {
+        let topics = match self.parse_channels(names, true) {
+            Ok(t) => t,
+            Err(e) => return self.send(e),
+        };
+        if events.is_some_and(|e| e.len() > crate::protocol::filter::MAX_PATTERNS) {
+            return self.send(ServerMessage::error(
+                "invalid_message",
+                format!(
+                    "at most {} event patterns per subscribe",
+                    crate::protocol::filter::MAX_PATTERNS
+                ),
+                Some("events".into()),
+            ));
+        }
+        let filter = match events.map(EventFilter::parse).transpose() {
+            Ok(f) => f.map(Arc::new),
+            Err(e) => {
+                return self.send(ServerMessage::error(
+                    "invalid_message",
+                    e.to_string(),
+                    Some("events".into()),
+                ))
+            }
+        };
+        for topic in &topics {
+            if self.join(*topic, filter.clone()).await.is_err() {
+                return self.send(ServerMessage::error(
+                    "broker_unavailable",
+                    "the event broker is unavailable; retry later",
+                    None,
+                ));
+            }
+        }
+        self.send(ServerMessage::Subscribed { channels: topics });
+    }
+
+    pub(super) fn unsubscribe(&mut self, names: &[String]) {
+        let topics = match self.parse_channels(names, false) {
+            Ok(t) => t,
+            Err(e) => return self.send(e),
+        };
+        for topic in &topics {
+            self.state.hub.unsubscribe(&self.reg.key(*topic), &self.outbox);
+            self.reg.topics = self.reg.topics.without(*topic);
+        }
+        self.send(ServerMessage::Unsubscribed { channels: topics });
+    }
+
+    pub(super) async fn join(
+        &mut self,
+        topic: Topic,
+        filter: Option<Arc<EventFilter>>,
+    ) -> Result<(), BrokerError> {
+        let key = self.reg.key(topic);
+        if self.reg.topics.contains(topic)
+            && self.state.hub.set_filter(&key, &self.outbox, filter.clone())
+        {
+            return Ok(());
+        }
+        self.state.hub.subscribe(&key, &self.outbox, filter).await?;
+        self.reg.topics = self.reg.topics.with(topic);
+        Ok(())
+    }
+}
