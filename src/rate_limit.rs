@@ -32,7 +32,7 @@ pub struct Limits {
 
 /// What one client controls: its IPv4 address, or its IPv6 /64 (one host typically holds a
 /// whole /64, so per-address limits would be trivial to sidestep).
-fn client_block(ip: IpAddr) -> IpAddr {
+pub fn client_block(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => {
             let bits = u128::from(v6) & !((1u128 << 64) - 1);

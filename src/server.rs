@@ -1,9 +1,12 @@
 //! The accept loop: one task per TCP connection on the node's tracker, served by hyper's
 //! HTTP/1 with upgrades and a header-read timeout; stops accepting on shutdown and lets
 //! in-flight requests finish (`graceful_shutdown`). Upgraded sockets are not hyper's any
-//! more: sessions are closed through the Hub.
+//! more: sessions are closed through the Hub. A client's share of `max_connections_per_ip`
+//! (IPv6: per /64) is taken per connection, or, on a trusted proxy's connections, per
+//! request for the client it forwards (an upgrade keeps that share for the WebSocket).
 //!
-//! Owns: sockets until they are upgraded.  May use: http (router), shutdown, config.
+//! Owns: sockets until they are upgraded.  May use: http (router, client_ip), budget,
+//! rate_limit (client blocks), shutdown, config.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -22,7 +25,8 @@ use tokio::{
 use crate::{
     budget,
     error::ApiError,
-    http::{route, Listener},
+    http::{client_ip::client_ip, route, Listener},
+    rate_limit::client_block,
     state::AppState,
 };
 
@@ -76,16 +80,20 @@ struct Held {
 }
 
 impl ConnPermit {
-    /// Counts this connection against `client`'s budget (a WebSocket behind a trusted proxy);
-    /// `false` when the client is at its cap.
-    pub fn hold_client(&self, budget: &Arc<budget::Budget<IpAddr>>, client: IpAddr) -> bool {
-        match budget.try_take(client) {
-            Some(held) => {
-                let _ = self.0.client.set(held);
-                true
-            }
-            None => false,
-        }
+    /// Keeps a client's share (a proxied WebSocket's) for as long as this connection.
+    pub fn keep_client(&self, held: budget::Held<IpAddr>) {
+        let _ = self.0.client.set(held);
+    }
+}
+
+/// Behind a trusted proxy: the forwarded client's share for one request, held until the
+/// response is ready; an upgrade takes it out for its WebSocket (`ConnPermit::keep_client`).
+#[derive(Clone)]
+pub struct RequestClient(Arc<parking_lot::Mutex<Option<budget::Held<IpAddr>>>>);
+
+impl RequestClient {
+    pub fn take(&self) -> Option<budget::Held<IpAddr>> {
+        self.0.lock().take()
     }
 }
 
@@ -102,7 +110,7 @@ fn admit(state: &AppState, which: Listener, peer: IpAddr) -> Option<ConnPermit> 
     let peer = crate::auth::canonical(peer);
     let trusted = state.config.trusted_proxies.iter().any(|net| net.contains(&peer));
     let peer_share = match which {
-        Listener::Public if !trusted => match state.per_ip.try_take(peer) {
+        Listener::Public if !trusted => match state.per_ip.try_take(client_block(peer)) {
             Some(h) => Some(h),
             None => {
                 state.metrics.rate_limited("connections_per_ip");
@@ -134,6 +142,27 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
     .await;
 }
 
+/// On a trusted proxy's connection, the share of the client it forwards (none when it
+/// forwards no other address); 429 when that client is at `max_connections_per_ip`.
+fn forwarded_client(
+    state: &AppState,
+    proxy: IpAddr,
+    req: &hyper::Request<hyper::body::Incoming>,
+) -> Result<Option<RequestClient>, ApiError> {
+    let client = client_ip(proxy, req.headers(), &state.config.trusted_proxies);
+    if client == proxy {
+        return Ok(None);
+    }
+    match state.per_ip.try_take(client_block(client)) {
+        Some(held) => Ok(Some(RequestClient(Arc::new(parking_lot::Mutex::new(Some(held)))))),
+        None => {
+            state.metrics.rate_limited("connections_per_ip");
+            Err(ApiError::rate_limited(1)
+                .with_message("Too many open connections from this address."))
+        }
+    }
+}
+
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
@@ -144,10 +173,23 @@ async fn serve_connection(
     let token = state.shutdown.token.clone();
     let cfg = state.config.clone();
     let request_timeout = cfg.request_timeout;
+    let peer_ip = crate::auth::canonical(peer.ip());
+    let behind_proxy =
+        which == Listener::Public && cfg.trusted_proxies.iter().any(|net| net.contains(&peer_ip));
     let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(permit.clone());
         let st = state.clone();
         async move {
+            // Held (by this future) until the response is ready.
+            let _client = match behind_proxy {
+                false => None,
+                true => match forwarded_client(&st, peer_ip, &req) {
+                    Ok(held) => held.inspect(|h| {
+                        req.extensions_mut().insert(h.clone());
+                    }),
+                    Err(e) => return Ok(e.into_response()),
+                },
+            };
             let resp =
                 match tokio::time::timeout(request_timeout, route(req, peer, st.clone(), which))
                     .await

@@ -114,9 +114,9 @@ pub struct Config {
     /// Open connections of the admin listener, a budget of its own (a full public listener never
     /// locks out /metrics or the admin publish).
     pub admin_max_connections: usize,
-    /// Open TCP connections per client IP (503 past it), so one host cannot take all of
-    /// max_connections. Behind a trusted proxy the proxied client address is counted per WebSocket
-    /// instead of the proxy's. 0 = no limit.
+    /// Open TCP connections per client IP, IPv6 per /64 (503 past it), so one host cannot take
+    /// all of max_connections. Behind a trusted proxy the proxied client is counted instead, per
+    /// request in flight and per WebSocket (429 past it). 0 = no limit.
     pub max_connections_per_ip: usize,
     /// The same, per account (across its keys). 0 = no limit.
     pub max_unauthenticated_per_account: usize,

@@ -21,7 +21,13 @@ use tokio_tungstenite::{
 
 use super::session;
 use crate::{
-    auth::Principal, error::ApiError, server::ConnPermit, slots, state::AppState, token::TokenHash,
+    auth::Principal,
+    error::ApiError,
+    rate_limit::client_block,
+    server::{ConnPermit, RequestClient},
+    slots,
+    state::AppState,
+    token::TokenHash,
 };
 
 /// Answers a `/v1/ws` request: an error response, or a 101 with the session spawned.
@@ -98,16 +104,22 @@ async fn check_and_upgrade(
             .with_message("Too many connections of this account are waiting to authenticate."));
     };
     let connection = req.extensions_mut().remove::<ConnPermit>();
-    // Behind a trusted proxy the socket peer is the proxy: count the client it vouches for.
-    if client != crate::auth::canonical(peer) {
-        if let Some(c) = &connection {
-            if !c.hold_client(&state.per_ip, client) {
+    // Behind a trusted proxy the socket peer is the proxy: the client it vouches for has a
+    // share, taken by the server for this request; the WebSocket keeps it once upgraded (a
+    // refused upgrade gives it back with the response).
+    let taken = req.extensions().get::<RequestClient>().and_then(RequestClient::take);
+    let client_share = match taken {
+        Some(held) => Some(held),
+        None if client != crate::auth::canonical(peer) => {
+            let Some(held) = state.per_ip.try_take(client_block(client)) else {
                 state.metrics.rate_limited("connections_per_ip");
                 return Err(ApiError::rate_limited(1)
                     .with_message("Too many open connections from this address."));
-            }
+            };
+            Some(held)
         }
-    }
+        None => None,
+    };
     // Every check passed: only now is a ticket used up (a refused upgrade leaves it valid).
     // Of two connections racing with one ticket, one wins here.
     if used_ticket && !state.auth.redeem_ticket(&credential).await? {
@@ -115,6 +127,9 @@ async fn check_and_upgrade(
         return Err(
             ApiError::invalid_api_key().with_message("Invalid, expired or already used ticket.")
         );
+    }
+    if let (Some(c), Some(held)) = (&connection, client_share) {
+        c.keep_client(held);
     }
     let admission = session::Admission {
         expected: TokenHash::of(&credential),

@@ -7,6 +7,7 @@
 pub mod bin;
 pub mod http;
 pub mod raw;
+pub mod raw_http;
 pub mod redis;
 pub mod server;
 pub mod ws;
