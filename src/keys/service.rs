@@ -349,8 +349,12 @@ impl KeyService {
         }
         // Announce the newly retired secret, and the graces this rotation ended (due now).
         let announce = std::mem::take(&mut *ended.lock());
+        // A failed announcement does not fail the rotation: a 503 here would lose the only
+        // copy of the new secret (and a retry would cut the caller off). The other nodes
+        // apply the retirement at their next revalidation (within `key_cache_ttl`).
         for (secret, at) in announce {
-            self.announce(&ControlMessage::Retire { key_id: rec.id.clone(), secret, at }).await?;
+            let msg = ControlMessage::Retire { key_id: rec.id.clone(), secret, at };
+            let _ = self.announce(&msg).await;
         }
         Ok(Created { record: rec, token })
     }
