@@ -233,12 +233,11 @@ impl Control {
                 match rec.secrets.iter().find(|s| s.hash == secret) {
                     None => self.retire_now(&key_id, &secret),
                     Some(s) => {
-                        if let Some(at) = s.retires_at {
-                            self.apply(ControlMessage::Retire {
-                                key_id: key_id.clone(),
-                                secret,
-                                at,
-                            });
+                        // Arm (idempotent) without evicting the cached key each pass.
+                        match s.retires_at {
+                            Some(at) if at <= now => self.retire_now(&key_id, &secret),
+                            Some(at) => self.arm(key_id.clone(), secret, at),
+                            None => {}
                         }
                     }
                 }

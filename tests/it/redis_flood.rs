@@ -76,8 +76,13 @@ async fn a_flooding_producer_is_a_counted_gap_with_bounded_memory_and_revocation
             sent
         })
     };
-    // The flood runs: revoke the victim's key through the control channel.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Once the flood has overwhelmed the node (its first overflow), revoke the victim's key
+    // through the control channel.
+    let deadline = Instant::now() + Duration::from_secs(25);
+    while s.metric("miteos_broker_overflows_total") < 1.0 {
+        assert!(Instant::now() < deadline, "the flood never overwhelmed the node");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let revoke = json!({"node": "flood-test", "msg": {"type": "revoke", "key_id": victim_id}});
     let published = Instant::now();
     redis.publish("mt:control", &revoke.to_string()).await;

@@ -7,16 +7,10 @@ use std::{net::SocketAddr, time::Duration};
 use miteos_stream::scope::{Environment, Scope};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpSocket, TcpStream},
+    net::TcpStream,
 };
 
-use crate::support::{TestServer, WsClient};
-
-async fn tcp_from(src: &str, addr: SocketAddr) -> TcpStream {
-    let sock = TcpSocket::new_v4().unwrap();
-    sock.bind(SocketAddr::new(src.parse().unwrap(), 0)).unwrap();
-    sock.connect(addr).await.unwrap()
-}
+use crate::support::{raw_http::connect_from, TestServer, WsClient};
 
 /// Reads what the server answers until it closes or `limit` passes.
 async fn answer(stream: &mut TcpStream, limit: Duration) -> String {
@@ -26,7 +20,7 @@ async fn answer(stream: &mut TcpStream, limit: Duration) -> String {
 }
 
 async fn healthz_from(src: &str, addr: SocketAddr) -> String {
-    let mut s = tcp_from(src, addr).await;
+    let mut s = connect_from(src, addr).await;
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
     answer(&mut s, Duration::from_secs(5)).await
 }
@@ -66,7 +60,7 @@ async fn one_host_cannot_hold_every_connection() {
     let s = TestServer::with(|c| c.max_connections_per_ip = 5).await;
     let mut idle = Vec::new();
     for _ in 0..5 {
-        idle.push(tcp_from("127.0.0.2", s.addr).await);
+        idle.push(connect_from("127.0.0.2", s.addr).await);
     }
     let head = healthz_from("127.0.0.2", s.addr).await;
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");
@@ -96,7 +90,7 @@ fn trickle(
 ) -> tokio::task::JoinHandle<(String, Duration)> {
     tokio::spawn(async move {
         let started = std::time::Instant::now();
-        let stream = tcp_from(src, addr).await;
+        let stream = connect_from(src, addr).await;
         let (mut r, mut w) = stream.into_split();
         let head = format!(
             "POST /v1/ws/tickets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
@@ -170,7 +164,7 @@ async fn the_admin_listener_has_its_own_budget() {
     let s = TestServer::with(|c| c.max_connections = 3).await;
     let mut idle = Vec::new();
     for _ in 0..3 {
-        idle.push(tcp_from("127.0.0.1", s.addr).await);
+        idle.push(connect_from("127.0.0.1", s.addr).await);
     }
     assert!(healthz_from("127.0.0.1", s.addr).await.starts_with("HTTP/1.1 503"), "public full");
     let r = s.admin().await.get("/metrics", None).await;

@@ -75,7 +75,8 @@ struct Inner {
 
 /// What the reader hands the delivery task.
 enum Queued {
-    Message { channel: String, payload: Vec<u8> },
+    /// The crate's message as received: it owns its bytes, so queueing copies nothing.
+    Message(redis::Msg),
     Gap,
     Overflow,
 }
@@ -136,14 +137,13 @@ impl Inner {
     }
 
     /// Queues one event message for the delivery task; `false` when the queue is full.
-    fn enqueue(&self, channel: &str, payload: &[u8]) -> bool {
-        let size = payload.len() + channel.len();
+    fn enqueue(&self, msg: redis::Msg) -> bool {
+        let size = queued_size(&msg);
         if self.queued_bytes.fetch_add(size, Ordering::AcqRel) + size > self.max_queued_bytes {
             self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
             return false;
         }
-        let msg = Queued::Message { channel: channel.to_owned(), payload: payload.to_vec() };
-        self.queue.send(msg).is_ok()
+        self.queue.send(Queued::Message(msg)).is_ok()
     }
 
     /// One event message, in arrival order (on the delivery task).
@@ -242,7 +242,7 @@ async fn read(inner: &Inner, mut stream: redis::aio::PubSubStream) {
         tokio::select! {
             msg = stream.next() => match msg {
                 Some(msg) => {
-                    if !inner.enqueue(msg.get_channel_name(), msg.get_payload_bytes()) {
+                    if !inner.enqueue(msg) {
                         tracing::warn!(
                             "this node delivers slower than events arrive: dropping its redis \
                              subscription (events published until it is back are lost)"
@@ -264,14 +264,19 @@ async fn read(inner: &Inner, mut stream: redis::aio::PubSubStream) {
     }
 }
 
+/// What a queued message counts against `max_broker_queue_bytes`.
+fn queued_size(msg: &redis::Msg) -> usize {
+    msg.get_payload_bytes().len() + msg.get_channel_name().len()
+}
+
 /// The delivery task: hands queued messages to the Hub in order, until the broker is gone.
 async fn drain(weak: Weak<Inner>, mut queued: tokio::sync::mpsc::UnboundedReceiver<Queued>) {
     while let Some(item) = queued.recv().await {
         let Some(inner) = weak.upgrade() else { return };
         match item {
-            Queued::Message { channel, payload } => {
-                inner.on_message(&channel, &payload);
-                inner.queued_bytes.fetch_sub(payload.len() + channel.len(), Ordering::AcqRel);
+            Queued::Message(msg) => {
+                inner.on_message(msg.get_channel_name(), msg.get_payload_bytes());
+                inner.queued_bytes.fetch_sub(queued_size(&msg), Ordering::AcqRel);
             }
             Queued::Gap => inner.deliver(Delivery::Gap),
             Queued::Overflow => inner.deliver(Delivery::Overflow),
