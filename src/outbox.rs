@@ -13,6 +13,7 @@ use std::{
         OnceLock,
     },
     task::Waker,
+    time::Instant,
 };
 
 use futures::task::AtomicWaker;
@@ -34,9 +35,16 @@ pub enum Push {
     Closed,
 }
 
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<Utf8Bytes>,
+    /// When the oldest queued event frame was received from the broker.
+    oldest_event: Option<Instant>,
+}
+
 #[derive(Debug)]
 pub struct Outbox {
-    queue: Mutex<VecDeque<Utf8Bytes>>,
+    queue: Mutex<Queue>,
     /// At most `u32::MAX` frames (u32 so the retired flag fits beside it).
     capacity: u32,
     waker: AtomicWaker,
@@ -49,7 +57,7 @@ pub struct Outbox {
 impl Outbox {
     pub fn new(capacity: usize) -> Self {
         Self {
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
             capacity: u32::try_from(capacity).unwrap_or(u32::MAX).max(1),
             waker: AtomicWaker::new(),
             close: OnceLock::new(),
@@ -57,8 +65,17 @@ impl Outbox {
         }
     }
 
-    /// Queues a frame without waiting. Wakes the writer when the queue was empty.
+    /// Queues a reply frame without waiting. Wakes the writer when the queue was empty.
     pub fn push(&self, frame: Utf8Bytes) -> Push {
+        self.push_at(frame, None)
+    }
+
+    /// Queues an event frame the broker handed this node at `received`.
+    pub fn push_event(&self, frame: Utf8Bytes, received: Instant) -> Push {
+        self.push_at(frame, Some(received))
+    }
+
+    fn push_at(&self, frame: Utf8Bytes, received: Option<Instant>) -> Push {
         if self.close.get().is_some() {
             return Push::Closed;
         }
@@ -67,11 +84,14 @@ impl Outbox {
         if self.is_retired() {
             return Push::Closed;
         }
-        if q.len() >= self.capacity as usize {
+        if q.frames.len() >= self.capacity as usize {
             return Push::Full;
         }
-        q.push_back(frame);
-        let was_empty = q.len() == 1;
+        q.frames.push_back(frame);
+        if q.oldest_event.is_none() {
+            q.oldest_event = received;
+        }
+        let was_empty = q.frames.len() == 1;
         drop(q);
         if was_empty {
             self.waker.wake();
@@ -90,7 +110,7 @@ impl Outbox {
     /// Marks the session as ended and frees the queue; every later push is `Closed`.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);
-        *self.queue.lock() = VecDeque::new();
+        *self.queue.lock() = Queue::default();
     }
 
     pub fn is_retired(&self) -> bool {
@@ -108,33 +128,34 @@ impl Outbox {
     }
 
     /// Moves every queued frame to the back of `out` (swapping buffers when `out` is empty,
-    /// so steady traffic allocates nothing). Returns how many frames moved.
-    pub fn take_into(&self, out: &mut VecDeque<Utf8Bytes>) -> usize {
+    /// so steady traffic allocates nothing). Returns how many frames moved and when the
+    /// oldest event among them was received.
+    pub fn take_into(&self, out: &mut VecDeque<Utf8Bytes>) -> (usize, Option<Instant>) {
         let mut q = self.queue.lock();
-        let n = q.len();
+        let n = q.frames.len();
         if n == 0 {
-            return 0;
+            return (0, None);
         }
         if out.is_empty() {
-            std::mem::swap(&mut *q, out);
+            std::mem::swap(&mut q.frames, out);
         } else {
-            out.extend(q.drain(..));
+            out.extend(q.frames.drain(..));
         }
-        n
+        (n, q.oldest_event.take())
     }
 
     /// Gives back the queue's memory if a burst left it large and it is empty now (called
     /// when the connection is quiet, not per batch, so steady traffic reuses its buffers).
     pub fn trim(&self) {
         let mut q = self.queue.lock();
-        if q.is_empty() && q.capacity() > RETAINED_SLOTS {
-            *q = VecDeque::new();
+        if q.frames.is_empty() && q.frames.capacity() > RETAINED_SLOTS {
+            q.frames = VecDeque::new();
         }
     }
 
     /// Frames queued right now (for tests and metrics).
     pub fn len(&self) -> usize {
-        self.queue.lock().len()
+        self.queue.lock().frames.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -175,7 +196,7 @@ mod tests {
         assert_eq!(o.push("c".into()), Push::Full);
         assert_eq!(o.close_requested(), None);
         let mut out = VecDeque::new();
-        assert_eq!(o.take_into(&mut out), 2);
+        assert_eq!(o.take_into(&mut out).0, 2);
         assert_eq!(out.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(o.push("d".into()), Push::Queued);
     }
@@ -212,5 +233,20 @@ mod tests {
         o.take_into(&mut out);
         assert_eq!(out.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["0", "1", "2"]);
         assert!(o.is_empty());
+    }
+
+    #[test]
+    fn take_reports_when_the_oldest_queued_event_arrived() {
+        let o = Outbox::new(8);
+        let (t1, t2) = (Instant::now(), Instant::now() + std::time::Duration::from_millis(5));
+        o.push("reply".into());
+        o.push_event("e1".into(), t1);
+        o.push_event("e2".into(), t2);
+        let mut out = VecDeque::new();
+        assert_eq!(o.take_into(&mut out), (3, Some(t1)));
+        o.push("reply".into());
+        assert_eq!(o.take_into(&mut out), (1, None));
+        o.push_event("e3".into(), t2);
+        assert_eq!(o.take_into(&mut out), (1, Some(t2)));
     }
 }

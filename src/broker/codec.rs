@@ -65,6 +65,8 @@ impl fmt::Display for ChannelKey {
 pub struct Event {
     pub name: Box<str>,
     pub frame: Utf8Bytes,
+    /// When this node received it from the broker (for the delivery-latency histogram).
+    pub received: std::time::Instant,
 }
 
 /// Why a producer message was dropped.
@@ -112,8 +114,14 @@ pub fn now_rfc3339() -> String {
     now.format(&Rfc3339).unwrap_or_default()
 }
 
-/// Validates a producer message and builds its client frame (filling `id`/`created_at`).
-pub fn decode(topic: Topic, payload: &[u8], max_bytes: usize) -> Result<Arc<Event>, DecodeError> {
+/// Validates a producer message and builds its client frame (filling `id`/`created_at`);
+/// `received` is when the broker handed it to this node.
+pub fn decode(
+    topic: Topic,
+    payload: &[u8],
+    max_bytes: usize,
+    received: std::time::Instant,
+) -> Result<Arc<Event>, DecodeError> {
     if payload.len() > max_bytes {
         return Err(DecodeError::TooLarge { limit: max_bytes });
     }
@@ -134,7 +142,7 @@ pub fn decode(topic: Topic, payload: &[u8], max_bytes: usize) -> Result<Arc<Even
         data: p.data.unwrap_or(empty),
     };
     let text = serde_json::to_string(&frame).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    Ok(Arc::new(Event { name: p.event.into_boxed_str(), frame: Utf8Bytes::from(text) }))
+    Ok(Arc::new(Event { name: p.event.into_boxed_str(), frame: Utf8Bytes::from(text), received }))
 }
 
 /// The producer message for one event, with `id` and `created_at` filled in now, so every
@@ -162,6 +170,10 @@ pub fn encode(
 mod tests {
     use super::*;
 
+    fn decode_now(topic: Topic, payload: &[u8], max: usize) -> Result<Arc<Event>, DecodeError> {
+        decode(topic, payload, max, std::time::Instant::now())
+    }
+
     fn acct(s: &str) -> AccountId {
         AccountId::parse(s).unwrap()
     }
@@ -185,8 +197,8 @@ mod tests {
 
     #[test]
     fn decode_builds_the_client_frame_and_fills_ids() {
-        let e =
-            decode(Topic::Tasks, br#"{"event":"task.completed","data":{"n":1}}"#, 1024).unwrap();
+        let e = decode_now(Topic::Tasks, br#"{"event":"task.completed","data":{"n":1}}"#, 1024)
+            .unwrap();
         assert_eq!(&*e.name, "task.completed");
         let v: serde_json::Value = serde_json::from_str(e.frame.as_str()).unwrap();
         assert_eq!(v["type"], "event");
@@ -195,7 +207,7 @@ mod tests {
         assert!(v["id"].as_str().unwrap().starts_with("evt_"));
         assert!(OffsetDateTime::parse(v["created_at"].as_str().unwrap(), &Rfc3339).is_ok());
 
-        let e = decode(
+        let e = decode_now(
             Topic::Agents,
             br#"{"event":"a.b","id":"evt_1","created_at":"2020-01-01T00:00:00Z"}"#,
             1024,
@@ -212,7 +224,7 @@ mod tests {
     #[test]
     fn bad_producer_messages_are_errors() {
         assert_eq!(
-            decode(Topic::Tasks, &[b' '; 100], 10).unwrap_err(),
+            decode_now(Topic::Tasks, &[b' '; 100], 10).unwrap_err(),
             DecodeError::TooLarge { limit: 10 }
         );
         for bad in [
@@ -224,12 +236,12 @@ mod tests {
             br#"{"event":"x","id":7}"#,
         ] {
             assert!(
-                matches!(decode(Topic::Tasks, bad, 1024), Err(DecodeError::Malformed(_))),
+                matches!(decode_now(Topic::Tasks, bad, 1024), Err(DecodeError::Malformed(_))),
                 "{bad:?}"
             );
         }
         assert_eq!(
-            decode(Topic::Tasks, br#"{"event":""}"#, 1024).unwrap_err(),
+            decode_now(Topic::Tasks, br#"{"event":""}"#, 1024).unwrap_err(),
             DecodeError::BadEventName
         );
     }
@@ -238,7 +250,7 @@ mod tests {
     fn encode_then_decode_keeps_the_event() {
         let data = RawValue::from_string(r#"{"k":"v"}"#.into()).unwrap();
         let (bytes, id) = encode("task.done", None, None, &data);
-        let e = decode(Topic::Tasks, &bytes, 1024).unwrap();
+        let e = decode_now(Topic::Tasks, &bytes, 1024).unwrap();
         let v: serde_json::Value = serde_json::from_str(e.frame.as_str()).unwrap();
         assert_eq!(v["data"]["k"], "v");
         assert_eq!(v["event"], "task.done");

@@ -3,7 +3,7 @@
 //!
 //! Owns: nothing but the handler link.  May use: broker, codec.  Never: spawn, await I/O.
 
-use std::sync::Weak;
+use std::{sync::Weak, time::Instant};
 
 use bytes::Bytes;
 
@@ -38,7 +38,7 @@ impl Broker for MemoryBroker {
     }
 
     async fn publish(&self, channel: &ChannelKey, event_json: Bytes) -> Result<(), BrokerError> {
-        match codec::decode(channel.topic, &event_json, self.max_event_bytes) {
+        match codec::decode(channel.topic, &event_json, self.max_event_bytes, Instant::now()) {
             Ok(event) => {
                 self.deliver(Delivery::Event { channel: channel.clone(), event });
                 Ok(())

@@ -46,7 +46,7 @@ impl Deliver for Hub {
                     if s.filter.as_ref().is_some_and(|f| !f.matches(&event.name)) {
                         continue;
                     }
-                    match s.outbox.push(event.frame.clone()) {
+                    match s.outbox.push_event(event.frame.clone(), event.received) {
                         Push::Queued => delivered += 1,
                         Push::Full => {
                             if s.outbox.close(CloseCode::SlowConsumer) {

@@ -51,7 +51,8 @@ fn key() -> ChannelKey {
 }
 
 fn event() -> Delivery {
-    let event = codec::decode(Topic::Tasks, br#"{"event":"e"}"#, 1024).unwrap();
+    let event =
+        codec::decode(Topic::Tasks, br#"{"event":"e"}"#, 1024, std::time::Instant::now()).unwrap();
     Delivery::Event { channel: key(), event }
 }
 

@@ -40,7 +40,8 @@ pub async fn handle(mut req: Request<Incoming>, state: &Arc<AppState>) -> Respon
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg)).await;
         let outbox = Arc::new(Outbox::new(st.config.outbox_capacity));
         let c = &st.config;
-        let mut conn = Conn::new(ws, outbox.clone(), c.ping_interval, c.pong_timeout);
+        let mut conn =
+            Conn::new(ws, outbox.clone(), c.ping_interval, c.pong_timeout, Default::default());
         loop {
             match conn.next_step().await {
                 Step::Message(Message::Text(text)) => {

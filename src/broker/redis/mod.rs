@@ -23,7 +23,7 @@ use std::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Weak,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -76,7 +76,7 @@ struct Inner {
 /// What the reader hands the delivery task.
 enum Queued {
     /// The crate's message as received: it owns its bytes, so queueing copies nothing.
-    Message(redis::Msg),
+    Message(redis::Msg, Instant),
     Gap,
     Overflow,
 }
@@ -143,13 +143,13 @@ impl Inner {
             self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
             return false;
         }
-        self.queue.send(Queued::Message(msg)).is_ok()
+        self.queue.send(Queued::Message(msg, Instant::now())).is_ok()
     }
 
     /// One event message, in arrival order (on the delivery task).
-    fn on_message(&self, channel: &str, payload: &[u8]) {
+    fn on_message(&self, channel: &str, payload: &[u8], received: Instant) {
         let Some(key) = ChannelKey::parse(channel) else { return };
-        match codec::decode(key.topic, payload, self.max_event_bytes) {
+        match codec::decode(key.topic, payload, self.max_event_bytes, received) {
             Ok(event) => self.deliver(Delivery::Event { channel: key, event }),
             Err(error) => self.deliver(Delivery::Malformed { channel: channel.to_owned(), error }),
         }
@@ -274,8 +274,8 @@ async fn drain(weak: Weak<Inner>, mut queued: tokio::sync::mpsc::UnboundedReceiv
     while let Some(item) = queued.recv().await {
         let Some(inner) = weak.upgrade() else { return };
         match item {
-            Queued::Message(msg) => {
-                inner.on_message(msg.get_channel_name(), msg.get_payload_bytes());
+            Queued::Message(msg, received) => {
+                inner.on_message(msg.get_channel_name(), msg.get_payload_bytes(), received);
                 inner.queued_bytes.fetch_sub(queued_size(&msg), Ordering::AcqRel);
             }
             Queued::Gap => inner.deliver(Delivery::Gap),

@@ -136,7 +136,13 @@ where
     if state.shutdown.token.is_cancelled() {
         outbox.close(CloseCode::GoingAway);
     }
-    let mut conn = Conn::new(ws, outbox.clone(), cfg.ping_interval, cfg.pong_timeout);
+    let mut conn = Conn::new(
+        ws,
+        outbox.clone(),
+        cfg.ping_interval,
+        cfg.pong_timeout,
+        state.metrics.delivery_seconds.clone(),
+    );
     conn.set_expiry(principal.expires_at.map(deadline_of));
     let readable = principal.scopes.read_topics();
     let messages = state.limits.message_limiter().map(Box::new);

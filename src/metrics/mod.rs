@@ -1,7 +1,7 @@
 //! Node metrics and their text exports (admin listener `/metrics`): the Prometheus text
 //! format 0.0.4 by default, OpenMetrics 1.0 when the scraper asks for it.
 //!
-//! Owns: metric names and help texts.  May use: prometheus-client.  Never: label a metric
+//! Owns: metric names and help texts.  May use: prometheus-client, its child `latency`.  Never: label a metric
 //! with a secret or any unbounded value (only codes from closed sets).
 //! Invariants: the per-delivery path adds to a counter once per event, not once per socket.
 
@@ -15,6 +15,9 @@ use prometheus_client::{
     },
     registry::Registry,
 };
+
+mod latency;
+pub use latency::LatencyHistogram;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
@@ -62,6 +65,9 @@ pub struct Metrics {
     pub refused: Family<ReasonLabel, Counter>,
     /// From the start of a `/v1/ws` request to `auth.success` being queued.
     pub handshake_seconds: Histogram,
+    /// From the broker handing this node an event to its frame being flushed to a socket
+    /// (the oldest frame of each socket write).
+    pub delivery_seconds: LatencyHistogram,
 }
 
 impl Default for Metrics {
@@ -90,6 +96,7 @@ impl Metrics {
             refused: Family::default(),
             // 1 ms … ~16 s.
             handshake_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            delivery_seconds: LatencyHistogram::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -166,6 +173,11 @@ impl Metrics {
             "ws_handshake_seconds",
             "Time from a WebSocket request to auth.success",
             m.handshake_seconds.clone(),
+        );
+        r.register(
+            "delivery_seconds",
+            "Time from the broker handing this node an event to the socket write that carried it (oldest frame per write)",
+            m.delivery_seconds.clone(),
         );
         m
     }
@@ -264,6 +276,14 @@ mod tests {
             assert!(text.contains("# TYPE miteos_ws_handshake_seconds histogram"), "{text}");
             assert!(text.contains("miteos_ws_handshake_seconds_bucket{le=\"0.004\"} 1"), "{text}");
             assert!(text.contains("miteos_ws_handshake_seconds_count 1"), "{text}");
+        }
+        m.delivery_seconds.observe(std::time::Duration::from_micros(150));
+        for text in [m.render(), m.render_openmetrics()] {
+            assert!(text.contains("# TYPE miteos_delivery_seconds histogram"), "{text}");
+            assert!(text.contains("miteos_delivery_seconds_bucket{le=\"0.0001\"} 0"), "{text}");
+            assert!(text.contains("miteos_delivery_seconds_bucket{le=\"0.0002\"} 1"), "{text}");
+            assert!(text.contains("miteos_delivery_seconds_bucket{le=\"+Inf\"} 1"), "{text}");
+            assert!(text.contains("miteos_delivery_seconds_count 1"), "{text}");
         }
     }
 }
