@@ -55,6 +55,7 @@ pub mod outbox;
 pub mod protocol;
 pub mod rate_limit;
 pub mod redis_link;
+pub mod refusals;
 pub mod scope;
 pub mod server;
 pub mod shutdown;

@@ -6,7 +6,7 @@
 //! request for the client it forwards (an upgrade keeps that share for the WebSocket).
 //!
 //! Owns: sockets until they are upgraded.  May use: http (router, client_ip), budget,
-//! rate_limit (client blocks), shutdown, config.
+//! rate_limit (client blocks), shutdown, config, refusals.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -27,6 +27,7 @@ use crate::{
     error::ApiError,
     http::{client_ip::client_ip, route, Listener},
     rate_limit::client_block,
+    refusals::{self, Refused},
     state::AppState,
 };
 
@@ -105,6 +106,7 @@ fn admit(state: &AppState, which: Listener, peer: IpAddr) -> Option<ConnPermit> 
     };
     let Ok(connection) = permits.clone().try_acquire_owned() else {
         state.metrics.rate_limited(limit);
+        refusals::refused(Refused::Connection, limit, peer, None);
         return None;
     };
     let peer = crate::auth::canonical(peer);
@@ -114,6 +116,7 @@ fn admit(state: &AppState, which: Listener, peer: IpAddr) -> Option<ConnPermit> 
             Some(h) => Some(h),
             None => {
                 state.metrics.rate_limited("connections_per_ip");
+                refusals::refused(Refused::Connection, "connections_per_ip", peer, None);
                 return None;
             }
         },

@@ -26,6 +26,7 @@ mod proxied_clients;
 mod redis_flood;
 mod redis_mode;
 mod redis_outage;
+mod refusal_log;
 mod rotation_bounds;
 mod slow_bodies;
 mod starvation;

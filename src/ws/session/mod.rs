@@ -2,7 +2,7 @@
 //! auto-subscription, the client-message loop (subscribe, unsubscribe, ping), and teardown.
 //!
 //! Owns: the session's subscriptions and its exit code.  May use: hub, outbox, protocol,
-//! auth's `Principal`, metrics.  Never: write to the socket except through `Conn`.
+//! auth's `Principal`, metrics, refusals.  Never: write to the socket except through `Conn`.
 //! Invariants: `auth.success` is queued before any event; every exit path closes with one
 //! `CloseCode` (or the client left first); the Registration guard always deregisters.
 
@@ -24,6 +24,7 @@ use crate::{
     metrics::{CloseLabel, Metrics},
     outbox::{Outbox, Push},
     protocol::{close::CloseCode, ClientMessage, ServerMessage},
+    refusals::{self, Refused},
     scope::{Environment, Topic, TopicSet},
     server::ConnPermit,
     slots::{self, Slot},
@@ -188,6 +189,7 @@ impl Session {
         let first = conn.first_message(self.state.config.auth_timeout).await.map_err(|step| {
             if matches!(step, Step::Close(CloseCode::AuthTimeout)) {
                 self.state.metrics.auth_failure("ws_auth_timeout");
+                refusals::refused_key(Refused::Stream, "ws_auth_timeout", &principal.key_id);
             }
             Box::new(step)
         })?;
@@ -221,6 +223,7 @@ impl Session {
             }
             Ok(Err(_full)) => {
                 self.state.metrics.rate_limited("connections_race");
+                refusals::refused_key(Refused::Stream, "connections_race", key);
                 Err(CloseCode::TooManyConnections)
             }
             Err(e) => {
@@ -238,15 +241,15 @@ impl Session {
         expected: &TokenHash,
     ) -> Result<(), CloseCode> {
         let Message::Text(text) = first else {
-            return Err(self.auth_failed("ws_auth_invalid_message"));
+            return Err(self.auth_failed("ws_auth_invalid_message", principal));
         };
         let credential = match ClientMessage::parse(&text) {
             Ok(ClientMessage::Auth { token: Some(t), ticket: None }) => t,
             Ok(ClientMessage::Auth { token: None, ticket: Some(t) }) => t,
-            _ => return Err(self.auth_failed("ws_auth_invalid_message")),
+            _ => return Err(self.auth_failed("ws_auth_invalid_message", principal)),
         };
         if !TokenHash::of(&credential).ct_eq(expected) {
-            return Err(self.auth_failed("ws_auth_mismatch"));
+            return Err(self.auth_failed("ws_auth_mismatch", principal));
         }
         let success = ServerMessage::AuthSuccess {
             message: "Authenticated successfully",
@@ -263,8 +266,9 @@ impl Session {
         Ok(())
     }
 
-    fn auth_failed(&self, why: &'static str) -> CloseCode {
+    fn auth_failed(&self, why: &'static str, principal: &Principal) -> CloseCode {
         self.state.metrics.auth_failure(why);
+        refusals::refused_key(Refused::Stream, why, &principal.key_id);
         CloseCode::AuthFailed
     }
 
