@@ -65,8 +65,9 @@ impl Backends {
         let max_event_bytes = config.max_event_bytes;
         let queue_bytes = config.max_broker_queue_bytes;
         let Some(url) = &config.redis_url else {
+            let (size, ttl) = (config.history_size, config.history_ttl);
             let hub = Hub::new(metrics.clone(), |handler| {
-                Arc::new(MemoryBroker::new(handler, max_event_bytes))
+                Arc::new(MemoryBroker::new(handler, max_event_bytes, size, ttl))
             });
             return Ok(Self {
                 store: Arc::new(EmbeddedKeyStore::open(&config.data_dir)?),

@@ -60,11 +60,16 @@ impl fmt::Display for ChannelKey {
     }
 }
 
-/// One event ready for fan-out: its name (for filters) and its client frame.
+/// One event ready for fan-out: its name (for filters), its client frame and, when it came
+/// through history, its position.
 #[derive(Debug)]
 pub struct Event {
     pub name: Box<str>,
     pub frame: Utf8Bytes,
+    /// Its offset in its channel, and the epoch that offset belongs to (`None` for an event
+    /// published around the history, SPEC §5).
+    pub offset: Option<u64>,
+    pub epoch: Option<Arc<str>>,
     /// When this node received it from the broker (for the delivery-latency histogram).
     pub received: std::time::Instant,
 }
@@ -89,6 +94,11 @@ struct Producer<'a> {
     created_at: Option<String>,
     #[serde(default, borrow)]
     data: Option<&'a RawValue>,
+    /// Set by the history's publish function, never by producers themselves.
+    #[serde(default)]
+    offset: Option<u64>,
+    #[serde(default)]
+    epoch: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -99,6 +109,8 @@ struct ClientFrame<'a> {
     event: &'a str,
     id: &'a str,
     created_at: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
     data: &'a RawValue,
 }
 
@@ -122,6 +134,18 @@ pub fn decode(
     max_bytes: usize,
     received: std::time::Instant,
 ) -> Result<Arc<Event>, DecodeError> {
+    decode_at(topic, payload, max_bytes, received, None)
+}
+
+/// `decode`, with the position `at` given by the caller instead of read from the message
+/// (the in-process history numbers events as it publishes them).
+pub fn decode_at(
+    topic: Topic,
+    payload: &[u8],
+    max_bytes: usize,
+    received: std::time::Instant,
+    at: Option<(u64, Arc<str>)>,
+) -> Result<Arc<Event>, DecodeError> {
     if payload.len() > max_bytes {
         return Err(DecodeError::TooLarge { limit: max_bytes });
     }
@@ -130,6 +154,12 @@ pub fn decode(
     if p.event.is_empty() || p.event.len() > 256 {
         return Err(DecodeError::BadEventName);
     }
+    let (offset, epoch) = match (at, p.offset, p.epoch) {
+        (Some((o, e)), _, _) => (Some(o), Some(e)),
+        (None, Some(o), Some(e)) if o > 0 && !e.is_empty() => (Some(o), Some(Arc::from(e))),
+        (None, None, None) => (None, None),
+        _ => return Err(DecodeError::Malformed("`offset` and `epoch` go together".into())),
+    };
     let id = p.id.unwrap_or_else(new_event_id);
     let created_at = p.created_at.unwrap_or_else(now_rfc3339);
     let empty: &RawValue = &EMPTY_OBJECT;
@@ -139,10 +169,17 @@ pub fn decode(
         event: &p.event,
         id: &id,
         created_at: &created_at,
+        offset,
         data: p.data.unwrap_or(empty),
     };
     let text = serde_json::to_string(&frame).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    Ok(Arc::new(Event { name: p.event.into_boxed_str(), frame: Utf8Bytes::from(text), received }))
+    Ok(Arc::new(Event {
+        name: p.event.into_boxed_str(),
+        frame: Utf8Bytes::from(text),
+        offset,
+        epoch,
+        received,
+    }))
 }
 
 /// The producer message for one event, with `id` and `created_at` filled in now, so every

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::{
-    broker::{codec, BrokerError, Delivery},
+    broker::{codec, BrokerError, Delivery, Position},
     ids::AccountId,
     protocol::filter::EventFilter,
     scope::{Environment, Topic},
@@ -29,8 +29,19 @@ impl Broker for Recording {
         self.desired.lock().remove(ch);
         Ok(())
     }
-    async fn publish(&self, _: &ChannelKey, _: Bytes) -> Result<(), BrokerError> {
-        Ok(())
+    async fn publish(&self, _: &ChannelKey, _: Bytes) -> Result<Option<Position>, BrokerError> {
+        Ok(None)
+    }
+    async fn head(&self, _: &ChannelKey) -> Result<Option<Position>, BrokerError> {
+        Ok(None)
+    }
+    async fn history(
+        &self,
+        _: &ChannelKey,
+        _: Option<u64>,
+        _: usize,
+    ) -> Result<Option<crate::broker::HistoryPage>, BrokerError> {
+        Ok(None)
     }
     async fn publish_control(&self, _: &ControlMessage) -> Result<(), BrokerError> {
         Ok(())

@@ -116,7 +116,8 @@ async fn conformance(broker: Arc<dyn Broker>, rec: Arc<Recorder>, remote: bool) 
 async fn the_memory_broker_keeps_the_broker_rules() {
     let rec = Arc::new(Recorder::default());
     let handler: Weak<dyn Deliver> = Arc::downgrade(&(rec.clone() as Arc<dyn Deliver>));
-    let broker = Arc::new(MemoryBroker::new(handler, 64 * 1024));
+    let broker =
+        Arc::new(MemoryBroker::new(handler, 64 * 1024, 1000, std::time::Duration::from_secs(600)));
     conformance(broker, rec, false).await;
 }
 

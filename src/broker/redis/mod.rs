@@ -35,7 +35,10 @@ use serde::{Deserialize, Serialize};
 
 mod control;
 
-use super::{codec, Broker, BrokerError, ChannelKey, ControlMessage, Deliver, Delivery};
+use super::{
+    codec, Broker, BrokerError, ChannelKey, ControlMessage, Deliver, Delivery, HistoryPage,
+    Position,
+};
 use crate::{ids::random_base62, redis_link::RedisLink};
 
 /// The channel every node listens to for key revocations and rotations.
@@ -311,15 +314,33 @@ impl Broker for RedisBroker {
             .map_err(unavailable)
     }
 
-    async fn publish(&self, channel: &ChannelKey, event_json: Bytes) -> Result<(), BrokerError> {
+    async fn publish(
+        &self,
+        channel: &ChannelKey,
+        event_json: Bytes,
+    ) -> Result<Option<Position>, BrokerError> {
         let mut conn = self.inner.link.conn().await.map_err(unavailable)?;
         redis::cmd("PUBLISH")
             .arg(channel.name())
             .arg(event_json.as_ref())
             .query_async::<i64>(&mut conn)
             .await
-            .map(|_| ())
+            .map(|_| None)
             .map_err(unavailable)
+    }
+
+    // History in Redis is not built yet: Redis mode runs with history off.
+    async fn head(&self, _channel: &ChannelKey) -> Result<Option<Position>, BrokerError> {
+        Ok(None)
+    }
+
+    async fn history(
+        &self,
+        _channel: &ChannelKey,
+        _after: Option<u64>,
+        _limit: usize,
+    ) -> Result<Option<HistoryPage>, BrokerError> {
+        Ok(None)
     }
 
     async fn publish_control(&self, msg: &ControlMessage) -> Result<(), BrokerError> {
