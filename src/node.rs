@@ -66,7 +66,7 @@ impl Backends {
         let queue_bytes = config.max_broker_queue_bytes;
         let Some(url) = &config.redis_url else {
             let (size, ttl) = (config.history_size, config.history_ttl);
-            let hub = Hub::new(metrics.clone(), |handler| {
+            let hub = Hub::new(metrics.clone(), size, |handler| {
                 Arc::new(MemoryBroker::new(handler, max_event_bytes, size, ttl))
             });
             return Ok(Self {
@@ -80,7 +80,7 @@ impl Backends {
         };
         let link = Arc::new(RedisLink::new(url).map_err(|e| NodeError::Redis(e.to_string()))?);
         let broker_link = link.clone();
-        let hub = Hub::new(metrics.clone(), move |handler| {
+        let hub = Hub::new(metrics.clone(), config.history_size, move |handler| {
             Arc::new(RedisBroker::start(broker_link, handler, max_event_bytes, queue_bytes))
         });
         Ok(Self {

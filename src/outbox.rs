@@ -40,6 +40,15 @@ struct Queue {
     frames: VecDeque<Utf8Bytes>,
     /// When the oldest queued event frame was received from the broker.
     oldest_event: Option<Instant>,
+    /// While a session catches up (resume), live event frames wait here, after the replies
+    /// and missed events it queues meanwhile (boxed: an idle connection pays one pointer).
+    held: Option<Box<Held>>,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    frames: VecDeque<Utf8Bytes>,
+    oldest_event: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -67,15 +76,40 @@ impl Outbox {
 
     /// Queues a reply frame without waiting. Wakes the writer when the queue was empty.
     pub fn push(&self, frame: Utf8Bytes) -> Push {
-        self.push_at(frame, None)
+        self.push_at(frame, None, false)
     }
 
-    /// Queues an event frame the broker handed this node at `received`.
+    /// Queues a live event frame the broker handed this node at `received` (behind the
+    /// catch-up while the outbox is held).
     pub fn push_event(&self, frame: Utf8Bytes, received: Instant) -> Push {
-        self.push_at(frame, Some(received))
+        self.push_at(frame, Some(received), true)
     }
 
-    fn push_at(&self, frame: Utf8Bytes, received: Option<Instant>) -> Push {
+    /// Queues an event frame read from history for a resume: ahead of held live events.
+    pub fn push_missed(&self, frame: Utf8Bytes, received: Instant) -> Push {
+        self.push_at(frame, Some(received), false)
+    }
+
+    /// From now until `release`, live event frames wait behind what the session queues.
+    pub fn hold(&self) {
+        self.queue.lock().held.get_or_insert_with(Box::default);
+    }
+
+    /// Queues the held live events after everything queued so far, and stops holding.
+    pub fn release(&self) {
+        let mut q = self.queue.lock();
+        let Some(held) = q.held.take() else { return };
+        let was_empty = q.frames.is_empty();
+        q.frames.extend(held.frames);
+        q.oldest_event = q.oldest_event.or(held.oldest_event);
+        let wake = was_empty && !q.frames.is_empty();
+        drop(q);
+        if wake {
+            self.waker.wake();
+        }
+    }
+
+    fn push_at(&self, frame: Utf8Bytes, received: Option<Instant>, live: bool) -> Push {
         if self.close.get().is_some() {
             return Push::Closed;
         }
@@ -84,8 +118,14 @@ impl Outbox {
         if self.is_retired() {
             return Push::Closed;
         }
-        if q.frames.len() >= self.capacity as usize {
+        let held_len = q.held.as_ref().map_or(0, |h| h.frames.len());
+        if q.frames.len() + held_len >= self.capacity as usize {
             return Push::Full;
+        }
+        if let (true, Some(held)) = (live && received.is_some(), q.held.as_mut()) {
+            held.frames.push_back(frame);
+            held.oldest_event = held.oldest_event.or(received);
+            return Push::Queued;
         }
         q.frames.push_back(frame);
         if q.oldest_event.is_none() {
@@ -248,5 +288,24 @@ mod tests {
         assert_eq!(o.take_into(&mut out), (1, None));
         o.push_event("e3".into(), t2);
         assert_eq!(o.take_into(&mut out), (1, Some(t2)));
+    }
+
+    #[test]
+    fn while_held_live_events_wait_behind_replies_and_missed_events() {
+        let o = Outbox::new(4);
+        let t = Instant::now();
+        o.hold();
+        assert_eq!(o.push_event("live1".into(), t), Push::Queued);
+        assert_eq!(o.push("reply".into()), Push::Queued);
+        assert_eq!(o.push_missed("missed".into(), t), Push::Queued);
+        assert_eq!(o.push_event("live2".into(), t), Push::Queued);
+        assert_eq!(o.push_event("over".into(), t), Push::Full, "held frames count too");
+        o.release();
+        let mut out = VecDeque::new();
+        o.take_into(&mut out);
+        let got: Vec<&str> = out.iter().map(|f| f.as_str()).collect();
+        assert_eq!(got, ["reply", "missed", "live1", "live2"]);
+        assert_eq!(o.push_event("live3".into(), t), Push::Queued);
+        assert_eq!(o.len(), 1, "released: live events are queued directly again");
     }
 }

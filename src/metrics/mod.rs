@@ -60,6 +60,12 @@ pub struct Metrics {
     pub slow_consumer_closes: Counter,
     pub broker_gaps: Counter,
     pub broker_overflows: Counter,
+    /// Holes in a channel's offsets (or broker reconnects) that history filled / could not.
+    pub gaps_repaired: Counter,
+    pub gaps_unrepaired: Counter,
+    /// Resumes (SPEC §7) that delivered the missed events / that answered `recovered: false`.
+    pub resumes_recovered: Counter,
+    pub resumes_unrecovered: Counter,
     pub rate_limited: Family<LimitLabel, Counter>,
     /// Requests refused by a policy rather than a rate (an `Origin` not allowed, …).
     pub refused: Family<ReasonLabel, Counter>,
@@ -92,6 +98,10 @@ impl Metrics {
             slow_consumer_closes: Counter::default(),
             broker_gaps: Counter::default(),
             broker_overflows: Counter::default(),
+            gaps_repaired: Counter::default(),
+            gaps_unrepaired: Counter::default(),
+            resumes_recovered: Counter::default(),
+            resumes_unrecovered: Counter::default(),
             rate_limited: Family::default(),
             refused: Family::default(),
             // 1 ms … ~16 s.
@@ -158,6 +168,26 @@ impl Metrics {
             "broker_overflows",
             "Times this node dropped its broker subscription because events arrived faster than it delivered them",
             m.broker_overflows.clone(),
+        );
+        r.register(
+            "gaps_repaired",
+            "Holes in a channel's offsets and broker reconnects that this node repaired from history",
+            m.gaps_repaired.clone(),
+        );
+        r.register(
+            "gaps_unrepaired",
+            "Holes in a channel's offsets that history no longer covered (subscribers got a gap message)",
+            m.gaps_unrepaired.clone(),
+        );
+        r.register(
+            "resumes_recovered",
+            "Channel resumes that delivered every missed event",
+            m.resumes_recovered.clone(),
+        );
+        r.register(
+            "resumes_unrecovered",
+            "Channel resumes answered recovered: false",
+            m.resumes_unrecovered.clone(),
         );
         r.register(
             "rate_limited",

@@ -13,6 +13,7 @@ use tokio_tungstenite::{tungstenite::Message, WebSocketStream};
 use tracing::Instrument;
 
 mod channels;
+mod resume;
 
 use super::conn::{Conn, Step};
 use crate::{
@@ -243,25 +244,28 @@ impl Session {
         let Message::Text(text) = first else {
             return Err(self.auth_failed("ws_auth_invalid_message", principal));
         };
-        let credential = match ClientMessage::parse(&text) {
-            Ok(ClientMessage::Auth { token: Some(t), ticket: None }) => t,
-            Ok(ClientMessage::Auth { token: None, ticket: Some(t) }) => t,
+        let (credential, resume) = match ClientMessage::parse(&text) {
+            Ok(ClientMessage::Auth { token: Some(t), ticket: None, resume }) => (t, resume),
+            Ok(ClientMessage::Auth { token: None, ticket: Some(t), resume }) => (t, resume),
             _ => return Err(self.auth_failed("ws_auth_invalid_message", principal)),
         };
         if !TokenHash::of(&credential).ct_eq(expected) {
             return Err(self.auth_failed("ws_auth_mismatch", principal));
         }
-        let success = ServerMessage::AuthSuccess {
+        let topics = self.readable.to_vec();
+        let (connection_id, key_id) = (self.reg.conn.to_string(), principal.key_id.to_string());
+        let (environment, channels) = (principal.environment, topics.clone());
+        let reply = move |positions| ServerMessage::AuthSuccess {
             message: "Authenticated successfully",
-            connection_id: self.reg.conn.to_string(),
-            key_id: principal.key_id.to_string(),
-            environment: principal.environment,
-            channels: self.readable.to_vec(),
+            connection_id,
+            key_id,
+            environment,
+            channels,
+            positions,
         };
-        self.send(success);
-        for topic in self.readable.iter() {
-            self.join(topic, None).await.map_err(|_| CloseCode::TryAgainLater)?;
-        }
+        self.join_all(&topics, None, resume.as_ref(), reply)
+            .await
+            .map_err(|_| CloseCode::TryAgainLater)?;
         tracing::debug!("authenticated");
         Ok(())
     }
@@ -297,8 +301,8 @@ impl Session {
     async fn on_text(&mut self, text: &str) {
         match ClientMessage::parse(text) {
             Ok(ClientMessage::Ping) => self.send(ServerMessage::Pong),
-            Ok(ClientMessage::Subscribe { channels, events }) => {
-                self.subscribe(&channels, events.as_deref()).await
+            Ok(ClientMessage::Subscribe { channels, events, resume }) => {
+                self.subscribe(&channels, events.as_deref(), resume.as_ref()).await
             }
             Ok(ClientMessage::Unsubscribe { channels }) => self.unsubscribe(&channels),
             Ok(ClientMessage::Auth { .. }) => {
