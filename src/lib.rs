@@ -43,6 +43,7 @@ pub mod broker;
 pub mod budget;
 pub mod cli;
 pub mod config;
+pub mod conn_io;
 pub mod control;
 pub mod error;
 pub mod http;

@@ -24,6 +24,7 @@ use tokio::{
 
 use crate::{
     budget,
+    conn_io::ConnIo,
     error::ApiError,
     http::{client_ip::client_ip, route, Listener},
     rate_limit::client_block,
@@ -207,7 +208,7 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout)
         .max_buf_size(cfg.max_header_bytes)
-        .serve_connection(TokioIo::new(stream), svc)
+        .serve_connection(TokioIo::new(ConnIo::new(stream, cfg.max_header_bytes)), svc)
         .with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {
