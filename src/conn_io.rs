@@ -41,10 +41,11 @@ pub struct ConnIo {
     http: bool,
     /// `max_header_bytes`, named in the 431's message.
     max_header_bytes: usize,
-    /// A substituted error response, and how much of it is written.
-    pending: Option<(Vec<u8>, usize)>,
+    /// A substituted error response, and how much of it is written (boxed, like `linger`:
+    /// rare, and every idle socket carries the field).
+    pending: Option<Box<(Vec<u8>, usize)>>,
     /// Set when shutdown starts.
-    linger: Option<Linger>,
+    linger: Option<Box<Linger>>,
 }
 
 /// A lingering close in progress.
@@ -72,13 +73,14 @@ impl ConnIo {
         if !alone || !matches!(status, b"400" | b"414" | b"431") {
             return None;
         }
-        self.pending = Some((json_answer(head, self.max_header_bytes)?, 0));
+        self.pending = Some(Box::new((json_answer(head, self.max_header_bytes)?, 0)));
         Some(head.len())
     }
 
     /// Writes out a substituted response, if one is pending.
     fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while let Some((bytes, done)) = &mut self.pending {
+        while let Some(pending) = &mut self.pending {
+            let (bytes, done) = &mut **pending;
             if *done == bytes.len() {
                 self.pending = None;
                 break;
@@ -97,12 +99,8 @@ impl ConnIo {
     fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let linger = self.linger.get_or_insert_with(|| {
             let until = Instant::now() + LINGER_TIME;
-            Linger {
-                shut: false,
-                until,
-                timer: Box::pin(tokio::time::sleep_until(until)),
-                discarded: 0,
-            }
+            let timer = Box::pin(tokio::time::sleep_until(until));
+            Box::new(Linger { shut: false, until, timer, discarded: 0 })
         });
         if !linger.shut {
             ready!(Pin::new(&mut self.tcp).poll_shutdown(cx))?;

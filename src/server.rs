@@ -1,12 +1,13 @@
 //! The accept loop: one task per TCP connection on the node's tracker, served by hyper's
-//! HTTP/1 with upgrades and a header-read timeout; stops accepting on shutdown and lets
+//! HTTP/1 with upgrades and a header-read timeout, over a `ConnIo` (JSON bodies for hyper's
+//! own parse-error answers, lingering close); stops accepting on shutdown and lets
 //! in-flight requests finish (`graceful_shutdown`). Upgraded sockets are not hyper's any
 //! more: sessions are closed through the Hub. A client's share of `max_connections_per_ip`
 //! (IPv6: per /64) is taken per connection, or, on a trusted proxy's connections, per
 //! request for the client it forwards (an upgrade keeps that share for the WebSocket).
 //!
-//! Owns: sockets until they are upgraded.  May use: http (router, client_ip), budget,
-//! rate_limit (client blocks), shutdown, config.
+//! Owns: sockets until they are upgraded.  May use: http (router, client_ip), conn_io,
+//! budget, rate_limit (client blocks), shutdown, config.
 
 use std::{
     net::{IpAddr, SocketAddr},

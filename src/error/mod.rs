@@ -126,10 +126,6 @@ impl ApiError {
         if let Some(secs) = self.retry_after_secs {
             b = b.header(header::RETRY_AFTER, secs.to_string());
         }
-        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
-            // The body was not read to its end: the connection cannot carry another request.
-            b = b.header(header::CONNECTION, "close");
-        }
         if self.status == StatusCode::UPGRADE_REQUIRED {
             b = b.header(header::UPGRADE, "websocket").header(header::SEC_WEBSOCKET_VERSION, "13");
         }

@@ -32,11 +32,17 @@ async fn exchange(s: &TestServer, request: &[u8]) -> (u16, String, String) {
     (status, head, body)
 }
 
-/// Asserts a SPEC §3 `invalid_request_error` JSON response with `code`, its length right
-/// (read by `Content-Length`) and `connection: close`.
+/// Asserts hyper's answer to a request it could not parse: the JSON error with `code`, and
+/// `connection: close` (hyper reads nothing more on that connection).
+fn assert_parse_error(head: &str, body: &str, code: &str) {
+    assert!(head.contains("connection: close"), "{head}");
+    assert_json_error(head, body, code);
+}
+
+/// Asserts a SPEC §3 `invalid_request_error` JSON response with `code` and its length right
+/// (read by `Content-Length`).
 fn assert_json_error(head: &str, body: &str, code: &str) {
     assert!(head.contains("content-type: application/json"), "{head}");
-    assert!(head.contains("connection: close"), "{head}");
     let len = head.lines().find_map(|l| l.strip_prefix("content-length:")).map(str::trim);
     assert_eq!(len, Some(body.len().to_string().as_str()), "{head}");
     let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
@@ -52,7 +58,7 @@ async fn a_100_kib_header_gets_431_with_a_json_body() {
         format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(100 << 10));
     let (status, head, body) = exchange(&s, req.as_bytes()).await;
     assert_eq!(status, 431, "{head}{body}");
-    assert_json_error(&head, &body, "headers_too_large");
+    assert_parse_error(&head, &body, "headers_too_large");
     assert_eq!(s.http().await.get("/healthz", None).await.status, 200);
     s.shutdown().await;
 }
@@ -64,7 +70,7 @@ async fn duplicate_content_lengths_that_differ_get_400_json() {
                Content-Length: 3\r\n\r\n{}";
     let (status, head, body) = exchange(&s, req.as_bytes()).await;
     assert_eq!(status, 400, "{head}{body}");
-    assert_json_error(&head, &body, "malformed_request");
+    assert_parse_error(&head, &body, "malformed_request");
     s.shutdown().await;
 }
 
@@ -75,7 +81,7 @@ async fn chunked_not_last_in_transfer_encoding_gets_400_json() {
                2\r\n{}\r\n0\r\n\r\n";
     let (status, head, body) = exchange(&s, req.as_bytes()).await;
     assert_eq!(status, 400, "{head}{body}");
-    assert_json_error(&head, &body, "malformed_request");
+    assert_parse_error(&head, &body, "malformed_request");
     s.shutdown().await;
 }
 
@@ -85,7 +91,7 @@ async fn an_obsolete_line_folding_gets_400_json() {
     let req = "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n  b\r\n\r\n";
     let (status, head, body) = exchange(&s, req.as_bytes()).await;
     assert_eq!(status, 400, "{head}{body}");
-    assert_json_error(&head, &body, "malformed_request");
+    assert_parse_error(&head, &body, "malformed_request");
     s.shutdown().await;
 }
 
@@ -102,7 +108,7 @@ async fn other_framing_errors_get_400_json_too() {
     for req in cases {
         let (status, head, body) = exchange(&s, req).await;
         assert_eq!(status, 400, "{:?}: {head}{body}", String::from_utf8_lossy(req));
-        assert_json_error(&head, &body, "malformed_request");
+        assert_parse_error(&head, &body, "malformed_request");
     }
     s.shutdown().await;
 }
