@@ -13,7 +13,7 @@
 //! | `metrics`, `telemetry`, `shutdown`, `outbox`, `budget` | L1 | counters, logging/redaction, drain, per-connection queue, capped per-key counters |
 //! | `keys` (`embedded`) , `broker` (`memory`) | L1 | the `KeyStore` and `Broker` seams and their impls |
 //! | `keys::service`, `auth`, `hub`, `control`, `state` | L2 | key lifecycle, authentication, fan-out registry, control messages and revalidation |
-//! | `server`, `http`, `ws` | L3 | accept loop, routes, WebSocket upgrade and sessions |
+//! | `server`, `conn_io`, `http`, `ws` | L3 | accept loop, the socket under hyper (JSON for its parse errors, lingering close), routes, WebSocket upgrade and sessions |
 //! | `node`, `cli` | L4 | wiring and the command line |
 //!
 //! # Data path
@@ -43,6 +43,7 @@ pub mod broker;
 pub mod budget;
 pub mod cli;
 pub mod config;
+pub mod conn_io;
 pub mod control;
 pub mod error;
 pub mod http;

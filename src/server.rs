@@ -1,12 +1,13 @@
 //! The accept loop: one task per TCP connection on the node's tracker, served by hyper's
-//! HTTP/1 with upgrades and a header-read timeout; stops accepting on shutdown and lets
+//! HTTP/1 with upgrades and a header-read timeout, over a `ConnIo` (JSON bodies for hyper's
+//! own parse-error answers, lingering close); stops accepting on shutdown and lets
 //! in-flight requests finish (`graceful_shutdown`). Upgraded sockets are not hyper's any
 //! more: sessions are closed through the Hub. A client's share of `max_connections_per_ip`
 //! (IPv6: per /64) is taken per connection, or, on a trusted proxy's connections, per
 //! request for the client it forwards (an upgrade keeps that share for the WebSocket).
 //!
-//! Owns: sockets until they are upgraded.  May use: http (router, client_ip), budget,
-//! rate_limit (client blocks), shutdown, config, refusals.
+//! Owns: sockets until they are upgraded.  May use: http (router, client_ip), conn_io,
+//! budget, rate_limit (client blocks), shutdown, config, refusals.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -24,6 +25,7 @@ use tokio::{
 
 use crate::{
     budget,
+    conn_io::ConnIo,
     error::ApiError,
     http::{client_ip::client_ip, route, Listener},
     rate_limit::client_block,
@@ -210,7 +212,7 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout)
         .max_buf_size(cfg.max_header_bytes)
-        .serve_connection(TokioIo::new(stream), svc)
+        .serve_connection(TokioIo::new(ConnIo::new(stream, cfg.max_header_bytes)), svc)
         .with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {

@@ -50,7 +50,8 @@ pub struct Config {
     /// Time a client has to send complete request headers (slowloris guard).
     #[serde(with = "duration")]
     pub header_read_timeout: Duration,
-    /// Largest request head (request line + headers) in bytes; at least 8192.
+    /// Largest request head (request line + headers) in bytes (larger → 431
+    /// `headers_too_large`); at least 8192.
     pub max_header_bytes: usize,
     /// Largest HTTP request body in bytes (larger → 413 `body_too_large`).
     pub max_body_bytes: usize,
