@@ -11,36 +11,17 @@ use time::OffsetDateTime;
 
 use crate::{
     error::ApiError,
-    ids::{AccountId, KeyId},
-    keys::{cache::KeyCache, KeyRecord, KeyStore},
+    ids::KeyId,
+    keys::{cache::KeyCache, KeyRecord, KeyStore, Principal},
     metrics::Metrics,
     rate_limit::Limits,
-    scope::{Environment, Scope, ScopeSet},
+    scope::{Scope, ScopeSet},
     tickets::TicketStore,
     token::{Token, TokenHash, TokenKind},
 };
 
 /// `last_used_at` is written at most this often per key.
 const TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Who is calling: the key's identity and permissions, as of authentication.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub key_id: KeyId,
-    pub account: AccountId,
-    pub environment: Environment,
-    pub scopes: ScopeSet,
-    /// Hash of the secret that was presented (a key has two during a rotation's grace).
-    pub secret: TokenHash,
-    /// When this credential stops working: the key's expiry or the secret's retirement.
-    pub expires_at: Option<OffsetDateTime>,
-}
-
-impl Principal {
-    pub fn has(&self, scope: Scope) -> bool {
-        self.scopes.contains(scope)
-    }
-}
 
 pub struct Authenticator {
     store: Arc<dyn KeyStore>,
@@ -243,7 +224,7 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::Secret;
+    use crate::{ids::AccountId, keys::Secret, scope::Environment};
     use time::Duration;
 
     fn record(token: &Token) -> KeyRecord {

@@ -18,8 +18,8 @@ use dashmap::DashMap;
 use time::OffsetDateTime;
 
 use crate::{
-    auth::Principal,
     ids::KeyId,
+    keys::Principal,
     keys::StoreError,
     token::{Token, TokenHash, TokenKind},
 };

@@ -16,10 +16,10 @@ use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 use super::body;
 use crate::{
-    auth::Principal,
     error::ApiError,
     ids::KeyId,
     keys::service::{CreateRequest, MAX_GRACE_SECONDS},
+    keys::Principal,
     scope::{Environment, Scope},
     state::AppState,
 };

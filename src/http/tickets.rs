@@ -16,8 +16,8 @@ use time::format_description::well_known::Rfc3339;
 
 use super::{api_keys, body};
 use crate::{
-    auth::Principal,
     error::ApiError,
+    keys::Principal,
     scope::{parse_scopes, Scope},
     state::AppState,
     tickets,

@@ -6,8 +6,11 @@
 
 pub mod cache;
 pub mod embedded;
+mod principal;
 pub mod redis;
 pub mod service;
+
+pub use principal::Principal;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};

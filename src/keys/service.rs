@@ -9,9 +9,8 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use time::OffsetDateTime;
 
-use super::{KeyRecord, KeyStore, Secret, StoreError};
+use super::{KeyRecord, KeyStore, Principal, Secret, StoreError};
 use crate::{
-    auth::Principal,
     broker::{Broker, ControlMessage},
     error::ApiError,
     ids::{AccountId, KeyId},

@@ -21,10 +21,10 @@ use tokio_tungstenite::{
 
 use super::session;
 use crate::{
-    auth::Principal,
+    budget::{ConnPermit, RequestClient},
     error::ApiError,
+    keys::Principal,
     rate_limit::client_block,
-    server::{ConnPermit, RequestClient},
     slots,
     state::AppState,
     token::TokenHash,

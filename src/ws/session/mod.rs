@@ -16,16 +16,15 @@ mod channels;
 
 use super::conn::{Conn, Step};
 use crate::{
-    auth::Principal,
     broker::ChannelKey,
-    budget::Held,
+    budget::{ConnPermit, Held},
     hub::{Hub, SessionEntry},
     ids::{AccountId, ConnId, KeyId},
+    keys::Principal,
     metrics::{CloseLabel, Metrics},
     outbox::{Outbox, Push},
     protocol::{close::CloseCode, ClientMessage, ServerMessage},
     scope::{Environment, Topic, TopicSet},
-    server::ConnPermit,
     slots::{self, Slot},
     state::AppState,
     token::TokenHash,
