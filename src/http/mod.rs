@@ -6,6 +6,7 @@
 pub mod api_keys;
 pub mod body;
 pub mod client_ip;
+mod domain_errors;
 pub mod health;
 pub mod publish;
 pub mod tickets;
