@@ -5,8 +5,8 @@
 //! (IPv6: per /64) is taken per connection, or, on a trusted proxy's connections, per
 //! request for the client it forwards (an upgrade keeps that share for the WebSocket).
 //!
-//! Owns: sockets until they are upgraded.  May use: http (router, client_ip), budget,
-//! rate_limit (client blocks), shutdown, config.
+//! Owns: sockets until they are upgraded.  May use: state, http (router, client_ip),
+//! budget, rate_limit (client blocks), auth (`canonical`), error, shutdown, config.
 
 use std::{
     net::{IpAddr, SocketAddr},

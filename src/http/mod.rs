@@ -1,7 +1,8 @@
 //! Request routing for the two listeners, and the access log (paths only, queries redacted).
 //!
 //! Owns: which (listener, method, path) goes to which handler.  May use: state, error, ws,
-//! the handlers below.  Never: log a query string unredacted or a header value.
+//! telemetry (URI redaction), the handlers below.  Never: log a query string unredacted
+//! or a header value.
 
 pub mod api_keys;
 pub mod body;

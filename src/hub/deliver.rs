@@ -2,7 +2,7 @@
 //! malformed producer messages (counted, logged once a minute per channel), control messages
 //! (handed to the node's control handler) and broker gaps.
 //!
-//! May use: outbox, metrics.  Never: await or do I/O.
+//! May use: broker (`Delivery`), outbox, protocol::close, metrics.  Never: await or do I/O.
 
 use std::time::Duration;
 

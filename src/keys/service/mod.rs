@@ -1,8 +1,8 @@
 //! Key lifecycle: create, list, get, revoke, bootstrap. Revocation is announced to every
 //! node through the broker's control channel (this node's included).
 //!
-//! Owns: the rules that turn requests into records.  May use: keys, token, scope, broker
-//! (the trait only).  Never: touch sessions or sockets directly.
+//! Owns: the rules that turn requests into records.  May use: keys, ids, token, scope,
+//! broker (the trait only).  Never: touch sessions or sockets directly.
 
 use std::sync::Arc;
 

@@ -1,8 +1,9 @@
 //! One WebSocket session after the upgrade: the auth handshake (4001/4002), registration and
 //! auto-subscription, the client-message loop (subscribe, unsubscribe, ping), and teardown.
 //!
-//! Owns: the session's subscriptions and its exit code.  May use: hub, outbox, protocol,
-//! auth's `Principal`, metrics.  Never: write to the socket except through `Conn`.
+//! Owns: the session's subscriptions and its exit code.  May use: state, hub, outbox,
+//! protocol, keys (`Principal`), broker, budget, slots, ids, scope, token, metrics.
+//! Never: write to the socket except through `Conn`.
 //! Invariants: `auth.success` is queued before any event; every exit path closes with one
 //! `CloseCode` (or the client left first); the Registration guard always deregisters.
 
