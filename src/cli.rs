@@ -2,7 +2,8 @@
 //! store the config selects and print JSON on stdout; errors go to stderr.
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 invalid config or usage.
-//! Owns: flags and output formats.  May use: node, config, keys, telemetry.
+//! Owns: flags and output formats.  May use: node, config, keys, keys::service,
+//! broker, broker::codec (publish), ids, scope, shutdown, telemetry.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 

@@ -10,8 +10,9 @@
 //!   rotation whose message was lost still takes effect within that time.
 //!
 //! Owns: the retiring secrets and their timers, the revalidation pass.  May use: hub, keys
-//! (store, cache), broker (ControlMessage).  Never: block the Hub; close a stream because its
-//! record is missing (data loss is not revocation).
+//! (store, cache), broker (ControlMessage), ids, token, protocol::close, shutdown.
+//! Never: block the Hub; close a stream because its record is missing (data loss is not
+//! revocation).
 
 use std::{
     collections::{BTreeMap, HashMap},

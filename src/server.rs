@@ -6,8 +6,8 @@
 //! (IPv6: per /64) is taken per connection, or, on a trusted proxy's connections, per
 //! request for the client it forwards (an upgrade keeps that share for the WebSocket).
 //!
-//! Owns: sockets until they are upgraded.  May use: http (router, client_ip), conn_io,
-//! budget, rate_limit (client blocks), shutdown, config, refusals.
+//! Owns: sockets until they are upgraded.  May use: state, http (router, client_ip), conn_io,
+//! budget, rate_limit (client blocks), auth (`canonical`), error, shutdown, config, refusals.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -20,11 +20,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::AsyncWriteExt,
     net::{TcpListener, TcpSocket},
-    sync::OwnedSemaphorePermit,
 };
 
 use crate::{
-    budget,
+    budget::{ConnPermit, RequestClient},
     conn_io::ConnIo,
     error::ApiError,
     http::{client_ip::client_ip, route, Listener},
@@ -69,37 +68,6 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, which: Listener)
     }
 }
 
-/// A TCP connection's share of its listener's budget and of its client IP's. Every request
-/// carries a clone in its extensions, so an upgraded WebSocket keeps them as long as it lives.
-#[derive(Clone)]
-pub struct ConnPermit(Arc<Held>);
-
-struct Held {
-    _connection: OwnedSemaphorePermit,
-    /// The socket peer's share of `max_connections_per_ip` (not taken for a trusted proxy).
-    _peer: Option<budget::Held<IpAddr>>,
-    /// Behind a trusted proxy: the proxied client's share, taken by a WebSocket upgrade.
-    client: std::sync::OnceLock<budget::Held<IpAddr>>,
-}
-
-impl ConnPermit {
-    /// Keeps a client's share (a proxied WebSocket's) for as long as this connection.
-    pub fn keep_client(&self, held: budget::Held<IpAddr>) {
-        let _ = self.0.client.set(held);
-    }
-}
-
-/// Behind a trusted proxy: the forwarded client's share for one request, held until the
-/// response is ready; an upgrade takes it out for its WebSocket (`ConnPermit::keep_client`).
-#[derive(Clone)]
-pub struct RequestClient(Arc<parking_lot::Mutex<Option<budget::Held<IpAddr>>>>);
-
-impl RequestClient {
-    pub fn take(&self) -> Option<budget::Held<IpAddr>> {
-        self.0.lock().take()
-    }
-}
-
 /// Takes the listener's and the peer's share for a new connection, or counts why not.
 fn admit(state: &AppState, which: Listener, peer: IpAddr) -> Option<ConnPermit> {
     let (permits, limit) = match which {
@@ -124,11 +92,7 @@ fn admit(state: &AppState, which: Listener, peer: IpAddr) -> Option<ConnPermit> 
         },
         _ => None,
     };
-    Some(ConnPermit(Arc::new(Held {
-        _connection: connection,
-        _peer: peer_share,
-        client: std::sync::OnceLock::new(),
-    })))
+    Some(ConnPermit::new(connection, peer_share))
 }
 
 /// Answers a connection over `max_connections` with a 503 and closes it (within a second).
@@ -159,7 +123,7 @@ fn forwarded_client(
         return Ok(None);
     }
     match state.per_ip.try_take(client_block(client)) {
-        Some(held) => Ok(Some(RequestClient(Arc::new(parking_lot::Mutex::new(Some(held)))))),
+        Some(held) => Ok(Some(RequestClient::new(held))),
         None => {
             state.metrics.rate_limited("connections_per_ip");
             Err(ApiError::rate_limited(1)

@@ -4,7 +4,8 @@
 //! synchronous handler the Hub implements, called once per incoming event in channel order.
 //! Only `node.rs` and `cli.rs` name a concrete broker.
 //!
-//! Owns: the traits, `Delivery`, `ControlMessage`, `BrokerError`.  May use: codec, ids, scope.
+//! Owns: the traits, `Delivery`, `ControlMessage`, `BrokerError`.  May use: broker::codec, ids,
+//! scope, token (hashes in control messages).
 //! Never: know about sessions or sockets. Invariants: `Deliver::deliver` never awaits.
 
 pub mod codec;

@@ -2,7 +2,7 @@
 //! channel's history and the offset of its last event, and a page of history as brokers
 //! return it.
 //!
-//! May use: codec (`Event`), serde.  Never: I/O.
+//! May use: broker::codec (`Event`), serde.  Never: I/O.
 
 use std::sync::Arc;
 

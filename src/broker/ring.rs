@@ -2,7 +2,7 @@
 //! than `ttl`, numbered as they are published. Memory is bounded by those two settings per
 //! channel, and a channel idle past `ttl` is forgotten (its next event starts a new epoch).
 //!
-//! May use: codec, position, dashmap, parking_lot.  Never: await or do I/O.
+//! May use: broker::codec, broker::position, ids, dashmap, parking_lot.  Never: await or do I/O.
 //! Invariants: offsets of one epoch are 1, 2, 3, … with no hole; an event is numbered and
 //! handed to `then` under its channel's lock, so delivery order is offset order.
 

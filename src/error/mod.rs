@@ -3,7 +3,7 @@
 //!
 //! The constructors, one per code, are in `codes`.
 //!
-//! Owns: error types, codes and the JSON envelope.  May use: http types, serde_json.
+//! Owns: error types, codes and the JSON envelope.  May use: hyper, serde_json.
 //! Never: I/O. Invariants: every error body is `{"error":{type,code,message,param?}}`.
 
 use bytes::Bytes;

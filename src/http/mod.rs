@@ -2,11 +2,13 @@
 //! the refusal log of every refused request (see `refusals`).
 //!
 //! Owns: which (listener, method, path) goes to which handler.  May use: state, error, ws,
-//! refusals, telemetry, the handlers below.  Never: log a query string unredacted or a header value.
+//! refusals, telemetry (URI redaction), the handlers below.  Never: log a query string
+//! unredacted or a header value.
 
 pub mod api_keys;
 pub mod body;
 pub mod client_ip;
+mod domain_errors;
 pub mod health;
 pub mod publish;
 pub mod tickets;

@@ -1,7 +1,8 @@
 //! Admin `POST /internal/v1/publish`: producers without Redis publish one event here
 //! (SPEC §5), authenticated by the admin bearer token.
 //!
-//! May use: state, broker codec, body, error.  Never: accept a request without the token.
+//! May use: state, broker (`ChannelKey`), broker::codec, ids, scope, body, error.
+//! Never: accept a request without the token.
 
 use std::sync::Arc;
 

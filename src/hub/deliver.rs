@@ -3,8 +3,8 @@
 //! malformed producer messages (counted, logged once a minute per channel), control messages
 //! (handed to the node's control handler) and broker gaps.
 //!
-//! May use: outbox, metrics, protocol (gap frames), the Hub's flow and repair.
-//! Never: await or do I/O.
+//! May use: broker (`Delivery`, `Event`), outbox, protocol (close, gap frames), metrics, the
+//! Hub's flow and channels.  Never: await or do I/O.
 
 use std::time::Duration;
 

@@ -7,7 +7,8 @@
 //! handled in `deliver`; control messages are handed to the handler `control.rs` installs.
 //!
 //! Owns: `channels`, `sessions`, the tombstones of revoked keys and retired secrets, the
-//! dispatch loop.  May use: broker (traits), outbox, protocol, metrics.  Never: await or do
+//! dispatch loop.  May use: broker (traits), outbox, protocol, ids, token,
+//! metrics.  Never: await or do
 //! I/O inside `deliver`; hold a map guard across `.await`; know what a control message means.
 //! Invariants: per channel, events are pushed to every Outbox in the order `deliver` saw them.
 

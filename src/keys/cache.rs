@@ -2,8 +2,8 @@
 //! already-seen key does not hit the store each time. Bounded in size and age, and emptied
 //! for a key by the same control messages that revoke or rotate it (on every node).
 //!
-//! Owns: the cache.  May use: keys, token.  Never: cache a miss (unknown keys always reach
-//! the store; brute force is the rate limiter's job).
+//! Owns: the cache.  May use: keys, ids, scope, token.  Never: cache a miss (unknown keys
+//! always reach the store; brute force is the rate limiter's job).
 
 use std::{
     sync::{

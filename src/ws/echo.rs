@@ -4,7 +4,7 @@
 //! suite (Autobahn's cases, run by `kosoku`) checks the framing, UTF-8, fragmentation,
 //! control-frame and close handling that real sessions use. No auth, no Hub.
 //!
-//! May use: state (ws config), conn, outbox.  Never: exist in a default build.
+//! May use: state (ws config), conn, outbox, error.  Never: exist in a default build.
 
 use std::sync::Arc;
 

@@ -19,6 +19,7 @@ mod key_pages;
 mod key_store;
 mod log_secrets;
 mod metrics;
+mod module_graph;
 mod operability;
 mod param_errors;
 mod parsers;

@@ -14,8 +14,8 @@
 //! every reconnect (Redis pub/sub is at-most-once: what was published meanwhile is lost), and
 //! pings the connection so a silent failure is noticed.
 //!
-//! Owns: the pub/sub connection, the desired set, readiness.  May use: broker, codec,
-//! redis_link.  Never: PSUBSCRIBE, a task per message.
+//! Owns: the pub/sub connection, the desired set, readiness.  May use: broker,
+//! broker::codec, ids, redis_link.  Never: PSUBSCRIBE, a task per message.
 
 use std::{
     collections::HashSet,

@@ -1,7 +1,7 @@
 //! A session's channel messages: `subscribe` (scope-checked, with event filters) and
 //! `unsubscribe`, validated as a whole before anything changes.
 //!
-//! May use: the parent module, hub, broker (positions), protocol.
+//! May use: the parent module, hub, broker (`ChannelKey`, `Position`), scope, protocol.
 
 use std::sync::Arc;
 

@@ -1,8 +1,9 @@
 //! One WebSocket session after the upgrade: the auth handshake (4001/4002), registration and
 //! auto-subscription, the client-message loop (subscribe, unsubscribe, ping), and teardown.
 //!
-//! Owns: the session's subscriptions and its exit code.  May use: hub, outbox, protocol,
-//! auth's `Principal`, metrics, refusals.  Never: write to the socket except through `Conn`.
+//! Owns: the session's subscriptions and its exit code.  May use: state, hub, outbox,
+//! protocol, keys (`Principal`), broker, budget, slots, ids, scope, token, metrics, refusals.
+//! Never: write to the socket except through `Conn`.
 //! Invariants: `auth.success` is queued before any event; every exit path closes with one
 //! `CloseCode` (or the client left first); the Registration guard always deregisters.
 
@@ -17,17 +18,16 @@ mod resume;
 
 use super::conn::{Conn, Step};
 use crate::{
-    auth::Principal,
     broker::ChannelKey,
-    budget::Held,
+    budget::{ConnPermit, Held},
     hub::{Hub, SessionEntry},
     ids::{AccountId, ConnId, KeyId},
+    keys::Principal,
     metrics::{CloseLabel, Metrics},
     outbox::{Outbox, Push},
     protocol::{close::CloseCode, ClientMessage, ServerMessage},
     refusals::{self, Refused},
     scope::{Environment, Topic, TopicSet},
-    server::ConnPermit,
     slots::{self, Slot},
     state::AppState,
     token::TokenHash,

@@ -3,7 +3,7 @@
 //! a position that history still covers, the missed events follow, in order, before any
 //! live event of it (those wait in the held outbox: all have higher offsets).
 //!
-//! May use: the parent module, hub, broker (history reads), protocol.
+//! May use: the parent module, hub, broker (history reads), outbox, protocol, scope.
 
 use std::{collections::BTreeMap, sync::Arc};
 
