@@ -9,6 +9,7 @@ pub mod api_keys;
 pub mod body;
 pub mod client_ip;
 mod domain_errors;
+pub mod events;
 pub mod health;
 pub mod publish;
 pub mod tickets;
@@ -101,6 +102,7 @@ async fn dispatch(
         (Public, "/v1/ws") => ws::upgrade::handle(req, client, peer.ip(), state).await,
         #[cfg(feature = "conformance")]
         (Public, "/conformance/echo") => ws::echo::handle(req, state).await,
+        (Public, "/v1/events") if m == Method::GET => events::handle(req, client, state).await,
         (Public, "/v1/ws/tickets") if m == Method::POST => {
             tickets::handle(req, client, state).await
         }
@@ -112,7 +114,7 @@ async fn dispatch(
             health::metrics(state, accept)
         }
         (Admin, "/internal/v1/publish") if m == Method::POST => publish::handle(req, state).await,
-        (_, "/healthz" | "/readyz") | (Admin, "/metrics") => {
+        (_, "/healthz" | "/readyz") | (Admin, "/metrics") | (Public, "/v1/events") => {
             ApiError::method_not_allowed().with_allow("GET").into_response()
         }
         (Public, "/v1/ws/tickets") | (Admin, "/internal/v1/publish") => {

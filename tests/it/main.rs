@@ -11,6 +11,7 @@ mod binary;
 mod broker_conformance;
 mod browser_keys;
 mod config_file;
+mod continuity;
 mod framing_errors;
 mod http_admin;
 mod ip_allowlist;
