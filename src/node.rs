@@ -10,7 +10,10 @@ use tokio::{net::TcpListener, sync::Semaphore};
 
 use crate::{
     auth::Authenticator,
-    broker::{memory::MemoryBroker, redis::RedisBroker},
+    broker::{
+        memory::MemoryBroker,
+        redis::{self as redis_broker, RedisBroker},
+    },
     budget::Budget,
     config::Config,
     control::Control,
@@ -80,8 +83,14 @@ impl Backends {
         };
         let link = Arc::new(RedisLink::new(url).map_err(|e| NodeError::Redis(e.to_string()))?);
         let broker_link = link.clone();
+        let settings = redis_broker::Settings {
+            max_event_bytes,
+            max_queued_bytes: queue_bytes,
+            history_size: config.history_size,
+            history_ttl: config.history_ttl,
+        };
         let hub = Hub::new(metrics.clone(), move |handler| {
-            Arc::new(RedisBroker::start(broker_link, handler, max_event_bytes, queue_bytes))
+            Arc::new(RedisBroker::start(broker_link, handler, settings))
         });
         Ok(Self {
             store: Arc::new(RedisKeyStore::new(link.clone())),

@@ -10,8 +10,9 @@ use std::{
 use bytes::Bytes;
 use miteos_stream::{
     broker::{
-        memory::MemoryBroker, redis::RedisBroker, Broker, ChannelKey, ControlMessage, Deliver,
-        Delivery,
+        memory::MemoryBroker,
+        redis::{RedisBroker, Settings},
+        Broker, ChannelKey, ControlMessage, Deliver, Delivery,
     },
     ids::{AccountId, KeyId},
     redis_link::RedisLink,
@@ -56,6 +57,16 @@ impl Recorder {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("timed out waiting for {what}; delivered: {:?}", self.lines());
+    }
+}
+
+/// A Redis broker's settings as tests use them (`history_size` 0: history off).
+pub fn settings(history_size: usize) -> Settings {
+    Settings {
+        max_event_bytes: 64 * 1024,
+        max_queued_bytes: 1 << 20,
+        history_size,
+        history_ttl: Duration::from_secs(600),
     }
 }
 
@@ -127,7 +138,7 @@ async fn the_redis_broker_keeps_the_broker_rules() {
     let rec = Arc::new(Recorder::default());
     let handler: Weak<dyn Deliver> = Arc::downgrade(&(rec.clone() as Arc<dyn Deliver>));
     let link = Arc::new(RedisLink::new(&redis.url()).expect("url"));
-    let broker = Arc::new(RedisBroker::start(link, handler, 64 * 1024, 1 << 20));
+    let broker = Arc::new(RedisBroker::start(link, handler, settings(1000)));
     for _ in 0..500 {
         if broker.ready() {
             break;
@@ -147,7 +158,7 @@ async fn the_redis_broker_connects_even_if_its_handler_is_not_built_yet() {
     let mut broker = None;
     let handler = Arc::new_cyclic(|me: &Weak<Recorder>| {
         let weak: Weak<dyn Deliver> = me.clone();
-        let b = RedisBroker::start(link, weak, 64 * 1024, 1 << 20);
+        let b = RedisBroker::start(link, weak, settings(1000));
         // Give the supervisors every chance to run before the handler exists.
         std::thread::sleep(Duration::from_millis(200));
         broker = Some(b);
