@@ -11,6 +11,7 @@ mod binary;
 mod broker_conformance;
 mod browser_keys;
 mod config_file;
+mod history_conformance;
 mod http_admin;
 mod ip_allowlist;
 mod key_lifecycle;
