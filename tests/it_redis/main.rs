@@ -33,3 +33,7 @@ mod ws_heartbeat;
 mod ws_slow_consumer;
 #[path = "../it/ws_stream.rs"]
 mod ws_stream;
+
+// Redis only: history through the function library (SPEC §5, §7).
+mod history;
+mod history_function;

@@ -166,7 +166,7 @@ local function check(payload)
     return 'MT_MALFORMED not valid JSON: ' .. tostring(v)
   end
   if type(v.event) ~= 'string' then return 'MT_MALFORMED `event` must be a string' end
-  if #v.event == 0 or #v.event > 256 then return 'MT_BAD_EVENT_NAME' end
+  if #v.event == 0 or #v.event > 256 then return 'MT_BAD_EVENT_NAME `event` must be a non-empty name of at most 256 bytes' end
   for _, f in ipairs({ 'id', 'created_at' }) do
     if v[f] ~= nil and type(v[f]) ~= 'string' then
       return 'MT_MALFORMED `' .. f .. '` must be a string'
