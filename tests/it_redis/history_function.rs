@@ -21,6 +21,9 @@ const MAX: usize = 64 * 1024;
 /// What nodes accept over `max_event_bytes` for what the function adds (history::ADDED_BYTES).
 const ADDED: usize = 256;
 
+/// A Stream entry as XRANGE returns it: its ID and its fields.
+type Entry = (String, Vec<(String, Vec<u8>)>);
+
 async fn loaded() -> (RedisServer, redis::aio::MultiplexedConnection) {
     let redis = RedisServer::start().await;
     let mut conn = redis.conn().await;
@@ -56,7 +59,7 @@ async fn accepted(conn: &mut redis::aio::MultiplexedConnection, payload: &[u8]) 
             return false;
         }
     };
-    let last: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XREVRANGE")
+    let last: Vec<Entry> = redis::cmd("XREVRANGE")
         .arg(&keys[0])
         .arg("+")
         .arg("-")
