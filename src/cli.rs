@@ -215,7 +215,7 @@ fn show_bootstrap(b: &crate::keys::service::Created) {
 
 async fn keys(command: KeysCommand, config: &Config) -> Result<(), Failure> {
     // In Redis mode revocations and rotations also reach running nodes (control channel).
-    let backends = Backends::build(config)?;
+    let backends = Backends::build_for_command(config)?;
     let service = KeyService::new(backends.store, backends.hub.broker().clone())
         .with_max_previous_secrets(config.rotation_max_previous_secrets);
     match command {
@@ -338,7 +338,7 @@ async fn publish_to_redis(
     let channel = crate::broker::ChannelKey::new(args.env, account, topic);
     let raw = serde_json::value::to_raw_value(data)?;
     let (payload, id) = crate::broker::codec::encode(&args.event, None, None, &raw);
-    let backends = Backends::build(config)?;
+    let backends = Backends::build_for_command(config)?;
     let position = backends
         .hub
         .broker()

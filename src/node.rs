@@ -61,8 +61,20 @@ pub struct Backends {
 }
 
 impl Backends {
-    /// Must run inside a tokio runtime (the Redis broker starts its supervisor task).
+    /// A node's backends. Must run inside a tokio runtime (the Redis broker starts its
+    /// supervisor task).
     pub fn build(config: &Config) -> Result<Self, NodeError> {
+        Self::build_as(config, true)
+    }
+
+    /// A one-shot command's backends (the CLI): in Redis mode it installs the history
+    /// function library only if Redis has none, never over the one the nodes loaded (whose
+    /// settings may differ from the command's config).
+    pub fn build_for_command(config: &Config) -> Result<Self, NodeError> {
+        Self::build_as(config, false)
+    }
+
+    fn build_as(config: &Config, node: bool) -> Result<Self, NodeError> {
         let metrics = Arc::new(Metrics::new());
         let cache = Arc::new(KeyCache::new(config.key_cache_entries, config.key_cache_ttl));
         let max_event_bytes = config.max_event_bytes;
@@ -88,6 +100,7 @@ impl Backends {
             max_queued_bytes: queue_bytes,
             history_size: config.history_size,
             history_ttl: config.history_ttl,
+            install_library: node,
         };
         let hub = Hub::new(metrics.clone(), move |handler| {
             Arc::new(RedisBroker::start(broker_link, handler, settings))

@@ -90,6 +90,7 @@ pub fn settings(history_size: usize) -> Settings {
         max_queued_bytes: 1 << 20,
         history_size,
         history_ttl: Duration::from_secs(600),
+        install_library: true,
     }
 }
 

@@ -255,3 +255,34 @@ async fn a_raw_publish_is_delivered_live_without_an_offset_and_takes_none() {
     assert_eq!(page.events.iter().map(|e| &*e.name).collect::<Vec<_>>(), ["task.kept"]);
     node.shutdown().await;
 }
+
+async fn loaded_settings(conn: &mut redis::aio::MultiplexedConnection) -> (u64, u64, u64) {
+    redis::cmd("FCALL_RO").arg("mt_settings").arg(0).query_async(conn).await.unwrap()
+}
+
+/// A one-shot command (the CLI) with other settings than the nodes' never replaces their
+/// library; on a Redis without one, its publish installs it.
+#[tokio::test]
+async fn a_command_with_other_settings_leaves_the_nodes_library_alone() {
+    let redis = RedisServer::start().await;
+    let node = TestServer::on_redis(&redis, |_| {}).await;
+    let mut conn = redis.conn().await;
+    assert_eq!(loaded_settings(&mut conn).await, (1000, 600_000, 64 * 1024));
+    let config = miteos_stream::Config {
+        redis_url: Some(redis.url()),
+        history_size: 7,
+        ..miteos_stream::Config::default()
+    };
+    let command = miteos_stream::node::Backends::build_for_command(&config).unwrap();
+    let broker = command.hub.broker();
+    let ch = tasks("acct_cli");
+    let bytes = bytes::Bytes::from_static(br#"{"event":"task.cli"}"#);
+    assert_eq!(broker.publish(&ch, bytes.clone()).await.unwrap().unwrap().offset, 1);
+    until("the command's broker to connect", async || broker.ready()).await;
+    assert_eq!(loaded_settings(&mut conn).await.0, 1000, "the nodes' settings stay");
+
+    let _: String = redis::cmd("FUNCTION").arg("FLUSH").query_async(&mut conn).await.unwrap();
+    assert_eq!(broker.publish(&ch, bytes).await.unwrap().unwrap().offset, 2);
+    assert_eq!(loaded_settings(&mut conn).await.0, 7, "installed when missing");
+    node.shutdown().await;
+}

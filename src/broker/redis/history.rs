@@ -56,6 +56,7 @@ pub fn library(size: usize, ttl: Duration, max_event_bytes: usize) -> String {
 }
 
 pub(super) struct History {
+    size: usize,
     settings: (u64, u64, u64),
     max_event_bytes: usize,
     source: String,
@@ -65,6 +66,7 @@ impl History {
     /// `None` when `size` is 0 (history off).
     pub(super) fn new(size: usize, ttl: Duration, max_event_bytes: usize) -> Option<Self> {
         (size > 0).then(|| Self {
+            size,
             settings: (size as u64, ttl.as_millis().max(1) as u64, max_event_bytes as u64),
             max_event_bytes,
             source: library(size, ttl, max_event_bytes),
@@ -165,7 +167,8 @@ impl History {
         limit: usize,
     ) -> Result<HistoryPage, BrokerError> {
         let after = after.map(|a| a.to_string()).unwrap_or_default();
-        let limit = limit.to_string();
+        // No page holds more than the history does.
+        let limit = limit.min(self.size).to_string();
         let (offset, epoch, first, messages): (u64, String, u64, Vec<Vec<u8>>) =
             self.call(link, "mt_history", channel, &[after.as_bytes(), limit.as_bytes()]).await?;
         let received = std::time::Instant::now();

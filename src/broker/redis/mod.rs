@@ -72,6 +72,9 @@ pub struct Settings {
     /// Events kept per channel; 0 turns history off (plain PUBLISH, no offsets).
     pub history_size: usize,
     pub history_ttl: Duration,
+    /// Whether to (re)install the function library on every connect (a node); else only
+    /// when a call finds it missing (a one-shot command, whose settings may differ).
+    pub install_library: bool,
 }
 
 struct Inner {
@@ -81,6 +84,7 @@ struct Inner {
     max_event_bytes: usize,
     /// `None` with history off.
     history: Option<History>,
+    install_library: bool,
     desired: Mutex<HashSet<String>>,
     /// The live event connection's subscribe handle; `None` while disconnected.
     sink: Mutex<Option<PubSubSink>>,
@@ -109,7 +113,8 @@ impl RedisBroker {
     /// Starts the supervisor tasks; the broker becomes ready once Redis answers (and, with
     /// history on, has the function library loaded).
     pub fn start(link: Arc<RedisLink>, handler: Weak<dyn Deliver>, settings: Settings) -> Self {
-        let Settings { max_event_bytes, max_queued_bytes, history_size, history_ttl } = settings;
+        let Settings { max_event_bytes, max_queued_bytes, history_size, history_ttl, .. } =
+            settings;
         let (queue, queued) = tokio::sync::mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             link,
@@ -117,6 +122,7 @@ impl RedisBroker {
             node: random_base62(12),
             max_event_bytes,
             history: History::new(history_size, history_ttl, max_event_bytes),
+            install_library: settings.install_library,
             desired: Mutex::new(HashSet::new()),
             sink: Mutex::new(None),
             ready: AtomicBool::new(false),
@@ -236,7 +242,7 @@ async fn connect(inner: &Inner) -> Result<redis::aio::PubSubStream, BrokerError>
     }
     // Before the node reports the gap of a reconnect: repairing it reads history. A Redis
     // restarted empty has no functions.
-    if let Some(history) = &inner.history {
+    if let Some(history) = inner.history.as_ref().filter(|_| inner.install_library) {
         tokio::time::timeout(COMMAND_TIMEOUT, history.load(&inner.link))
             .await
             .map_err(unavailable)??;

@@ -247,6 +247,7 @@ local function history(keys, args)
   if (args[1] ~= '' and not after) or not limit or limit < 0 then
     return redis.error_reply('MT_ARGS give <after offset or ""> <limit>')
   end
+  limit = math.min(limit, SETTINGS.size)
   local sec, usec = now()
   local epoch, seq = meta(keys[1], keys[2], sec, usec)
   local first = first_live(keys[1], seq, sec * 1000 + math.floor(usec / 1000) - SETTINGS.ttl_ms)
