@@ -14,6 +14,7 @@ mod config_file;
 mod continuity;
 mod continuity_redis;
 mod framing_errors;
+mod history_conformance;
 mod http_admin;
 mod ip_allowlist;
 mod key_lifecycle;
