@@ -24,7 +24,7 @@ export function serverBinary() {
 }
 
 /** Resolves with a line of `stream` matching `pattern` (its match), or rejects on timeout/exit. */
-function waitForLines(proc, patterns, timeoutMs, label) {
+export function waitForLines(proc, patterns, timeoutMs, label) {
   return new Promise((resolvePromise, reject) => {
     const found = new Array(patterns.length).fill(null);
     let buffer = "";
