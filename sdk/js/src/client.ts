@@ -128,6 +128,7 @@ export class StreamClient<D extends DataMap = DataMap> extends Subscriptions<D> 
       } catch (error) {
         if (gen !== this.generation) return;
         this.events.emit("error", new StreamError("ticket", `getTicket() failed: ${describe(error)}`, undefined, undefined, { cause: error }));
+        if (gen !== this.generation) return; // a listener called close()
         this.scheduleReconnect({ code: 1006, reason: "" }, { action: "reconnect", backoff: "normal", clientBug: false, meaning: "could not get a ticket" });
         return;
       }

@@ -27,7 +27,16 @@ before(async () => {
   });
   const [[, url]] = await waitForLines(backend, [/^dashboard on (http:\/\/\S+)/], 10_000, "dashboard backend");
   backend.url = url;
-  browser = await chromium.launch({ executablePath: browserPath, headless: true, args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"] });
+  browser = await chromium.launch({ executablePath: browserPath, headless: true, args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-dev-shm-usage",
+      // No network here but loopback: keep Chromium from trying its own services.
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--no-first-run",
+    ] });
 });
 after(async () => {
   await browser?.close();

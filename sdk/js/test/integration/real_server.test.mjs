@@ -189,3 +189,13 @@ test("revoking the key closes the stream with 4003 and the client stops; a new s
   assert.equal(refused.http?.status, 401);
   assert.equal(refused.http?.code, "revoked_api_key");
 });
+
+test("Node's own WebSocket (Node 22+, or 20 with --experimental-websocket) works as the transport", { skip: typeof globalThis.WebSocket !== "function" && "no global WebSocket in this Node" }, async () => {
+  const c = stream({ WebSocket: globalThis.WebSocket });
+  c.connect();
+  await c.ready();
+  const got = until(c, "event", (e) => e.event === "native.ws");
+  await server.publish("agents", "native.ws", { ok: true });
+  assert.deepEqual((await got).data, { ok: true });
+  c.close();
+});

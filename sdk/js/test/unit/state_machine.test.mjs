@@ -292,3 +292,16 @@ test("credentials: MITEOS_API_KEY by default; none, or both, is an error", () =>
     else process.env.MITEOS_API_KEY = saved;
   }
 });
+
+test("close() from an error listener after a failed getTicket() stops the client", async () => {
+  let calls = 0;
+  const c = new MiteosStream({ url: "http://x", getTicket: async () => { calls++; throw new Error("no session"); }, transport: fake.transport });
+  c.on("error", () => c.close());
+  const closed = nextEmit(c, "closed");
+  c.connect();
+  await closed;
+  mock.timers.tick(60_000);
+  await flush();
+  assert.equal(c.state, "closed");
+  assert.equal(calls, 1);
+});
