@@ -41,6 +41,8 @@ export class StreamClient<D extends DataMap = DataMap> extends Subscriptions<D> 
   private sentResume: Positions | undefined;
   private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
   private connectTimer: ReturnType<typeof setTimeout> | undefined;
+  private idleTimer: ReturnType<typeof setTimeout> | undefined;
+  private readonly heartbeatMs: number;
   protected readonly events = new Emitter<ClientEvents<D>>();
 
   constructor(options: StreamOptions, private readonly resolveTransport: TransportResolver) {
@@ -49,6 +51,7 @@ export class StreamClient<D extends DataMap = DataMap> extends Subscriptions<D> 
     this.url = streamUrl(options.url ?? defaultBaseUrl());
     this.backoff = new Backoff(options.backoff, options.random);
     this.connectTimeoutMs = options.connectTimeoutMs ?? 15_000;
+    this.heartbeatMs = options.heartbeatMs ?? 30_000;
     if (options.transport) this.transport = options.transport;
     else if (options.WebSocket) this.transport = webSocketTransport(options.WebSocket);
   }
@@ -172,6 +175,7 @@ export class StreamClient<D extends DataMap = DataMap> extends Subscriptions<D> 
   }
 
   private onText(text: string): void {
+    this.armHeartbeat();
     const message = parseServerMessage(text);
     if (!message) return; // unknown message types are ignored: newer servers may add some
     if (message.type === "auth.success") this.onAuthSuccess(message);
@@ -185,6 +189,7 @@ export class StreamClient<D extends DataMap = DataMap> extends Subscriptions<D> 
     this.backoff.reset();
     const recovered = this.applyAuth(message, this.sentResume);
     this.setState("connected");
+    this.armHeartbeat();
     this.events.emit("connected", {
       connectionId: message.connection_id,
       keyId: message.key_id,
@@ -197,8 +202,27 @@ export class StreamClient<D extends DataMap = DataMap> extends Subscriptions<D> 
     this.restoreSubscriptions(message.channels);
   }
 
+  /**
+   * A browser never sees the server's ping frames, and a dead network can keep a socket
+   * "open" for minutes: after `heartbeatMs` without any message, ping; no pong → reconnect.
+   */
+  private armHeartbeat(): void {
+    clearTimeout(this.idleTimer);
+    if (this.heartbeatMs <= 0 || this.currentState !== "connected") return;
+    const socket = this.socket;
+    this.idleTimer = setTimeout(() => {
+      this.ping().catch(() => {
+        // Only a missing pong on the same, still current socket means it is dead.
+        if (this.socket !== socket || this.currentState !== "connected") return;
+        this.detach(4000, "heartbeat timeout");
+        this.onSocketClose({ code: 1006, reason: "heartbeat timeout" });
+      });
+    }, this.heartbeatMs);
+  }
+
   private onSocketClose(info: CloseInfo): void {
     clearTimeout(this.connectTimer);
+    clearTimeout(this.idleTimer);
     this.connectionLost();
     const decision = decideClose(info, this.credential.kind);
     if (decision.clientBug) {
@@ -228,6 +252,7 @@ export class StreamClient<D extends DataMap = DataMap> extends Subscriptions<D> 
   private detach(code: number, reason: string): void {
     this.generation += 1;
     clearTimeout(this.connectTimer);
+    clearTimeout(this.idleTimer);
     clearTimeout(this.reconnectTimer);
     this.reconnectTimer = undefined;
     const socket = this.socket;

@@ -32,7 +32,9 @@ export interface StreamOptions {
   backoff?: BackoffOptions;
   /** Longest wait from opening a socket to `auth.success` before trying again, in ms (default 15 000). */
   connectTimeoutMs?: number;
-  /** How long `ping()` waits for its pong, in ms (default 10 000). */
+  /** After this many ms without a message from the server, ping it; no pong within `pingTimeoutMs` → reconnect (default 30 000; 0 turns it off). */
+  heartbeatMs?: number;
+  /** How long `ping()` (and the heartbeat's ping) waits for its pong, in ms (default 10 000). */
   pingTimeoutMs?: number;
   /** Where positions survive a page reload: `"sessionStorage"`, any Storage-like object, or none (default). */
   persist?: "sessionStorage" | PositionStorage;

@@ -305,3 +305,37 @@ test("close() from an error listener after a failed getTicket() stops the client
   assert.equal(c.state, "closed");
   assert.equal(calls, 1);
 });
+
+test("heartbeat: a silent connection is pinged after heartbeatMs, and reconnects when no pong comes", async () => {
+  const c = client({ heartbeatMs: 20_000, pingTimeoutMs: 5000 });
+  c.connect();
+  const s = fake.last.open().authSuccess();
+  mock.timers.tick(19_999);
+  s.event("tasks", "keeps.it.alive");
+  mock.timers.tick(19_999);
+  assert.deepEqual(s.sentOf("ping"), [], "any message resets the idle timer");
+  mock.timers.tick(1);
+  assert.equal(s.sentOf("ping").length, 1);
+  s.push({ type: "pong" });
+  assert.equal(c.state, "connected");
+  mock.timers.tick(20_000);
+  assert.equal(s.sentOf("ping").length, 2, "pinged again after another silent period");
+  let d;
+  c.on("disconnected", (x) => (d = x));
+  mock.timers.tick(5000); // no pong
+  await flush(); // the ping's rejection is handled in a promise callback
+  assert.equal(c.state, "reconnecting");
+  assert.equal(d.reason, "heartbeat timeout");
+  assert.ok(s.closedByClient, "the dead socket is closed");
+  mock.timers.tick(d.reconnectInMs);
+  assert.equal(fake.sockets.length, 2);
+});
+
+test("heartbeat 0 never pings", () => {
+  const c = client({ heartbeatMs: 0 });
+  c.connect();
+  const s = fake.last.open().authSuccess();
+  mock.timers.tick(10 * 60_000);
+  assert.deepEqual(s.sentOf("ping"), []);
+  assert.equal(c.state, "connected");
+});
