@@ -115,7 +115,7 @@ export class StreamClient<D extends DataMap = DataMap> extends Subscriptions<D> 
     } catch (error) {
       if (gen !== this.generation) return;
       this.events.emit("error", new StreamError("connection", `no WebSocket available: ${describe(error)}`, undefined, undefined, { cause: error }));
-      this.finish({ code: 1006, reason: "", meaning: "no WebSocket implementation", byClient: false });
+      if (gen === this.generation) this.finish({ code: 1006, reason: "", meaning: "no WebSocket implementation", byClient: false });
       return;
     }
     let query: string;
