@@ -5,8 +5,11 @@ import assert from "node:assert/strict";
 import { MiteosStream } from "../../dist/node.js";
 import { TestServer, until } from "../support/server.mjs";
 
-let server;
-after(() => server?.cleanup());
+let server, chatty;
+after(async () => {
+  await server?.cleanup();
+  await chatty?.cleanup();
+});
 
 test("429 too many connections: a throttled wait (≥ throttleMs and Retry-After), then connected", async () => {
   server = await TestServer.start({ env: { MITEOS_MAX_CONNECTIONS_PER_KEY: "1" } });
@@ -26,4 +29,21 @@ test("429 too many connections: a throttled wait (≥ throttleMs and Retry-After
   first.close();
   await connected;
   second.close();
+});
+
+test("4008 (client message rate exceeded) is reported as a client bug, and the client reconnects", async () => {
+  chatty = await TestServer.start({ env: { MITEOS_CLIENT_MESSAGES_PER_SECOND: "1", MITEOS_CLIENT_MESSAGE_BURST: "3" } });
+  const c = new MiteosStream({ url: chatty.url, apiKey: chatty.key, backoff: { initialMs: 50, maxMs: 100, throttleMs: 100 } });
+  const bug = until(c, "error", (e) => e.kind === "client_bug");
+  const disconnected = until(c, "disconnected", () => true);
+  c.connect();
+  await c.ready();
+  const pings = Array.from({ length: 10 }, () => c.ping().catch((e) => e));
+  const [error, d] = await Promise.all([bug, disconnected]);
+  assert.equal(error.code, "4008");
+  assert.equal(d.code, 4008);
+  assert.ok(d.reconnectInMs >= 100, "a throttled wait");
+  assert.ok((await Promise.all(pings)).some((p) => p instanceof Error), "the pings cut off by the close fail");
+  await until(c, "connected", (i) => i.reconnect);
+  c.close();
 });
