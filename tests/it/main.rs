@@ -12,6 +12,7 @@ mod broker_conformance;
 mod browser_keys;
 mod config_file;
 mod continuity;
+mod continuity_chaos;
 mod continuity_redis;
 mod framing_errors;
 mod history_conformance;
