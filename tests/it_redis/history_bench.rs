@@ -32,8 +32,7 @@ fn stat(info: &str, prefix: &str, field: &str) -> f64 {
     info.lines()
         .find_map(|l| l.strip_prefix(prefix))
         .and_then(|rest| {
-            rest.split(|c| c == ',' || c == ':')
-                .find_map(|kv| kv.strip_prefix(&format!("{field}=")))
+            rest.split([',', ':']).find_map(|kv| kv.strip_prefix(&format!("{field}=")))
         })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
