@@ -46,17 +46,23 @@ fn cpu(info: &str) -> f64 {
         .sum()
 }
 
-/// Runs `N` commands built by `cmd` one after another (as a producer does), returning
-/// (commandstats usec per call of `stat_name`, Redis CPU µs per command from INFO cpu).
+/// Runs `N` commands built by `cmd`, `batch` at a time (1: one after another, as a producer
+/// awaiting each answer does; more: pipelined), returning (commandstats usec per call of
+/// `stat_name`, Redis CPU µs per command from INFO cpu).
 async fn measure(
     conn: &mut redis::aio::MultiplexedConnection,
     stat_name: &str,
+    batch: usize,
     cmd: impl Fn(usize) -> redis::Cmd,
 ) -> (f64, f64) {
     let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(conn).await.unwrap();
     let before: String = redis::cmd("INFO").arg("cpu").query_async(conn).await.unwrap();
-    for i in 0..N {
-        let _: redis::Value = cmd(i).query_async(conn).await.unwrap();
+    for start in (0..N).step_by(batch) {
+        let mut pipe = redis::pipe();
+        for i in start..(start + batch).min(N) {
+            pipe.add_command(cmd(i));
+        }
+        let _: redis::Value = pipe.query_async(conn).await.unwrap();
     }
     let after: String = redis::cmd("INFO").arg("cpu").query_async(conn).await.unwrap();
     let stats: String = redis::cmd("INFO").arg("commandstats").query_async(conn).await.unwrap();
@@ -97,18 +103,27 @@ async fn redis_cost_of_history() {
         n
     });
 
-    let publish = measure(&mut conn, "publish", |i| {
-        let mut c = redis::cmd("PUBLISH");
-        c.arg(ch.name()).arg(event(i, true));
-        c
-    })
-    .await;
-    let full = measure(&mut conn, "fcall", |i| fcall_on(&keys, event(i, true))).await;
-    let bare = measure(&mut conn, "fcall", |i| fcall_on(&keys, event(i, false))).await;
-    println!("{N} events of {} B, one subscriber, one at a time:", event(0, true).len());
-    println!("  PUBLISH                            {:6.2} µs/call (commandstats), {:6.2} µs CPU/event (INFO cpu)", publish.0, publish.1);
-    println!("  FCALL mt_publish (id, created_at)  {:6.2} µs/call (commandstats), {:6.2} µs CPU/event (INFO cpu)", full.0, full.1);
-    println!("  FCALL mt_publish (bare, filled)    {:6.2} µs/call (commandstats), {:6.2} µs CPU/event (INFO cpu)", bare.0, bare.1);
+    println!("{N} events of {} B, one subscriber:", event(0, true).len());
+    for batch in [1, 100] {
+        let publish = measure(&mut conn, "publish", batch, |i| {
+            let mut c = redis::cmd("PUBLISH");
+            c.arg(ch.name()).arg(event(i, true));
+            c
+        })
+        .await;
+        let full = measure(&mut conn, "fcall", batch, |i| fcall_on(&keys, event(i, true))).await;
+        let bare = measure(&mut conn, "fcall", batch, |i| fcall_on(&keys, event(i, false))).await;
+        let how = if batch == 1 { "one at a time" } else { "pipelined by 100" };
+        for (what, (per_call, cpu)) in [
+            ("PUBLISH", publish),
+            ("FCALL mt_publish (with id, created_at)", full),
+            ("FCALL mt_publish (bare: filled in)", bare),
+        ] {
+            println!(
+                "  {how:17} {what:40} {per_call:6.2} µs/call (commandstats) {cpu:6.2} µs CPU/event (INFO cpu)"
+            );
+        }
+    }
 
     // The history of one channel: 1000 events of 200 B (as sent by the producer).
     let ch = ChannelKey::parse("mt:live:acct_mem:tasks").unwrap();
