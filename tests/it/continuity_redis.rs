@@ -137,3 +137,38 @@ async fn a_gap_history_no_longer_covers_is_announced_then_delivery_goes_on() {
     a.shutdown().await;
     producer.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_node_redis_drops_for_its_output_buffer_repairs_the_burst_it_missed() {
+    let redis = RedisServer::start().await;
+    let a = TestServer::on_redis(&redis, |_| {}).await;
+    let (token, _) = a.key(ACCT, Environment::Test, &[Scope::TasksRead]).await;
+    let (mut c, _) = WsClient::authed(&a.ws_url(&token), &token).await;
+    let mut conn = redis.conn().await;
+    // A pub/sub client more than 4 KiB behind is disconnected by Redis, as a slow node is.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("client-output-buffer-limit")
+        .arg("pubsub 4kb 4kb 0")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // A pipelined burst of 300 events of 1 KiB through the history function.
+    let channel = format!("mt:test:{ACCT}:tasks");
+    let (h, m) = (format!("{{{channel}}}:h"), format!("{{{channel}}}:m"));
+    let mut pipe = redis::pipe();
+    for i in 1..=300 {
+        let event = json!({"event": format!("task.n{i}"), "data": {"pad": "x".repeat(1024)}});
+        pipe.cmd("FCALL").arg("mt_publish").arg(2).arg(&h).arg(&m).arg(event.to_string());
+    }
+    let _: Vec<Value> = pipe
+        .query_async::<Vec<redis::Value>>(&mut conn)
+        .await
+        .map(|v| v.into_iter().map(|_| Value::Null).collect())
+        .unwrap();
+    let got = recv_until(&mut c, 300).await;
+    assert_eq!(offsets(&got), (1..=300).collect::<Vec<_>>());
+    assert!(a.metric("miteos_broker_gaps_total") >= 1.0, "Redis never dropped the node");
+    assert!(a.metric("miteos_gaps_repaired_total") >= 1.0);
+    a.shutdown().await;
+}
