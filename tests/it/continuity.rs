@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use miteos_stream::scope::{Environment, Scope};
 
-use crate::support::{TestServer, WsClient};
+use crate::support::{ws::event_offsets, TestServer, WsClient};
 
 const ACCT: &str = "acct_c";
 
@@ -20,23 +20,6 @@ async fn publish_n(s: &TestServer, topic: &str, from: u64, to: u64) -> Vec<Value
         );
     }
     answers
-}
-
-/// Events of `topic` until one with `offset == last` (other messages are returned too).
-async fn recv_until(c: &mut WsClient, last: u64) -> Vec<Value> {
-    let mut got = Vec::new();
-    loop {
-        let m = c.recv().await;
-        let done = m["type"] == "event" && m["offset"] == last;
-        got.push(m);
-        if done {
-            return got;
-        }
-    }
-}
-
-fn offsets(msgs: &[Value]) -> Vec<u64> {
-    msgs.iter().filter(|m| m["type"] == "event").filter_map(|m| m["offset"].as_u64()).collect()
 }
 
 async fn reader(s: &TestServer) -> String {
@@ -63,8 +46,8 @@ async fn offsets_are_consecutive_under_concurrent_producers_and_delivered_in_ord
     published.sort_unstable();
     assert_eq!(published, (1..=200).collect::<Vec<_>>());
     assert!(answers.iter().all(|a| a["epoch"] == start["epoch"] && a["channel"] == "tasks"));
-    let got = recv_until(&mut c, 200).await;
-    assert_eq!(offsets(&got), (1..=200).collect::<Vec<_>>());
+    let got = c.recv_until_offset(200).await;
+    assert_eq!(event_offsets(&got), (1..=200).collect::<Vec<_>>());
     s.shutdown().await;
 }
 
@@ -75,7 +58,7 @@ async fn a_resume_gets_exactly_the_missed_events_then_live_ones() {
     let (mut c, ok) = WsClient::authed(&s.ws_url(&token), &token).await;
     let epoch = ok["positions"]["tasks"]["epoch"].clone();
     publish_n(&s, "tasks", 1, 3).await;
-    assert_eq!(offsets(&recv_until(&mut c, 3).await), [1, 2, 3]);
+    assert_eq!(event_offsets(&c.recv_until_offset(3).await), [1, 2, 3]);
     drop(c);
     publish_n(&s, "tasks", 4, 8).await;
 
@@ -85,8 +68,8 @@ async fn a_resume_gets_exactly_the_missed_events_then_live_ones() {
     assert_eq!(ok["type"], "auth.success", "{ok}");
     assert_eq!(ok["positions"]["tasks"], json!({"offset": 8, "epoch": epoch, "recovered": true}));
     publish_n(&s, "tasks", 9, 9).await;
-    let got = recv_until(&mut c, 9).await;
-    assert_eq!(offsets(&got), [4, 5, 6, 7, 8, 9], "{got:?}");
+    let got = c.recv_until_offset(9).await;
+    assert_eq!(event_offsets(&got), [4, 5, 6, 7, 8, 9], "{got:?}");
     assert_eq!(got[0]["event"], "task.n4");
     assert_eq!(s.metric("miteos_resumes_recovered_total"), 1.0);
     s.shutdown().await;
@@ -110,10 +93,10 @@ async fn a_resume_while_events_keep_arriving_has_no_hole_and_no_duplicate() {
         c.send(resume_auth(&token, json!({"tasks": {"offset": 20, "epoch": epoch}}))).await;
         let ok = c.recv().await;
         assert_eq!(ok["positions"]["tasks"]["recovered"], true, "{ok}");
-        recv_until(&mut c, 250).await
+        c.recv_until_offset(250).await
     };
     let (_, got) = tokio::join!(producer, client);
-    assert_eq!(offsets(&got), (21..=250).collect::<Vec<_>>());
+    assert_eq!(event_offsets(&got), (21..=250).collect::<Vec<_>>());
     s.shutdown().await;
 }
 
@@ -150,7 +133,7 @@ async fn resumes_that_history_cannot_serve_are_not_recovered_and_send_nothing_mi
     c.send(resume_auth(&token, json!({"tasks": {"offset": 8, "epoch": epoch}}))).await;
     let ok = c.recv().await;
     assert_eq!(ok["positions"]["tasks"]["recovered"], true, "{ok}");
-    assert_eq!(offsets(&recv_until(&mut c, 13).await), [9, 10, 11, 12, 13]);
+    assert_eq!(event_offsets(&c.recv_until_offset(13).await), [9, 10, 11, 12, 13]);
     // From 7, event 8 is gone: not recovered.
     let mut c = WsClient::connect(&s.ws_url(&token)).await;
     c.send(resume_auth(&token, json!({"tasks": {"offset": 7, "epoch": epoch}}))).await;
@@ -197,7 +180,7 @@ async fn subscribe_with_resume_recovers_a_channel_mid_session() {
     let sub = c.recv().await;
     assert_eq!(sub["type"], "subscribed", "{sub}");
     assert_eq!(sub["positions"]["agents"], json!({"offset": 4, "epoch": epoch, "recovered": true}));
-    assert_eq!(offsets(&recv_until(&mut c, 4).await), [3, 4]);
+    assert_eq!(event_offsets(&c.recv_until_offset(4).await), [3, 4]);
     s.shutdown().await;
 }
 
@@ -210,11 +193,11 @@ async fn events_pages_history_per_account_environment_and_scope() {
     let page = http.get("/v1/events?channel=tasks&after=2&limit=3", Some(&token)).await;
     assert_eq!(page.status, 200, "{}", page.body);
     let page = page.json();
-    assert_eq!(offsets(page["data"].as_array().unwrap()), [3, 4, 5]);
+    assert_eq!(event_offsets(page["data"].as_array().unwrap()), [3, 4, 5]);
     assert_eq!(page["data"][0]["event"], "task.n3");
     assert_eq!((&page["position"]["offset"], &page["has_more"]), (&json!(7), &json!(true)));
     let newest = http.get("/v1/events?channel=tasks&limit=2", Some(&token)).await.json();
-    assert_eq!(offsets(newest["data"].as_array().unwrap()), [6, 7]);
+    assert_eq!(event_offsets(newest["data"].as_array().unwrap()), [6, 7]);
     assert_eq!(newest["has_more"], false);
 
     // Another account and another environment see their own (empty) channels.

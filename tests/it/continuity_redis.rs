@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use miteos_stream::scope::{Environment, Scope};
 
-use crate::support::{RedisServer, TestServer, WsClient};
+use crate::support::{ws::event_offsets, RedisServer, TestServer, WsClient};
 
 const ACCT: &str = "acct_r";
 
@@ -17,23 +17,6 @@ async fn publish_range(s: &TestServer, from: u64, to: u64) {
             s.publish(&mut admin, ACCT, "test", "tasks", &format!("task.n{i}"), json!({})).await;
         assert!(a["offset"].as_u64().is_some(), "no offset in Redis mode: {a}");
     }
-}
-
-/// Messages until the event with offset `last`, every message kept.
-async fn recv_until(c: &mut WsClient, last: u64) -> Vec<Value> {
-    let mut got = Vec::new();
-    loop {
-        let m = c.recv().await;
-        let done = m["type"] == "event" && m["offset"] == last;
-        got.push(m);
-        if done {
-            return got;
-        }
-    }
-}
-
-fn offsets(msgs: &[Value]) -> Vec<u64> {
-    msgs.iter().filter(|m| m["type"] == "event").filter_map(|m| m["offset"].as_u64()).collect()
 }
 
 type Conn = redis::aio::MultiplexedConnection;
@@ -66,7 +49,7 @@ async fn a_client_resumes_on_another_node_with_nothing_lost_or_twice() {
     let epoch = ok["positions"]["tasks"]["epoch"].clone();
     assert!(epoch.is_string(), "{ok}");
     publish_range(&a, 1, 3).await;
-    assert_eq!(offsets(&recv_until(&mut c, 3).await), [1, 2, 3]);
+    assert_eq!(event_offsets(&c.recv_until_offset(3).await), [1, 2, 3]);
     drop(c);
     publish_range(&a, 4, 8).await;
     let mut c = WsClient::connect(&b.ws_url(&token)).await;
@@ -77,7 +60,7 @@ async fn a_client_resumes_on_another_node_with_nothing_lost_or_twice() {
     let ok = c.recv().await;
     assert_eq!(ok["positions"]["tasks"], json!({"offset": 8, "epoch": epoch, "recovered": true}));
     publish_range(&a, 9, 10).await;
-    assert_eq!(offsets(&recv_until(&mut c, 10).await), [4, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(event_offsets(&c.recv_until_offset(10).await), [4, 5, 6, 7, 8, 9, 10]);
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -90,7 +73,7 @@ async fn a_node_whose_pubsub_connection_is_killed_repairs_the_gap_from_history()
     let (token, _) = a.key(ACCT, Environment::Test, &[Scope::TasksRead]).await;
     let (mut c, _) = WsClient::authed(&a.ws_url(&token), &token).await;
     publish_range(&producer, 1, 5).await;
-    assert_eq!(offsets(&recv_until(&mut c, 5).await), [1, 2, 3, 4, 5]);
+    assert_eq!(event_offsets(&c.recv_until_offset(5).await), [1, 2, 3, 4, 5]);
     // New connections are refused while the pub/sub ones are killed: node A stays cut off
     // while events 6..=30 are published, then reconnects.
     let mut conn = redis.conn().await;
@@ -100,8 +83,8 @@ async fn a_node_whose_pubsub_connection_is_killed_repairs_the_gap_from_history()
     accept_clients(&mut conn).await;
     a.wait_ready(200).await;
     publish_range(&producer, 31, 40).await;
-    let got = recv_until(&mut c, 40).await;
-    assert_eq!(offsets(&got), (6..=40).collect::<Vec<_>>(), "{got:?}");
+    let got = c.recv_until_offset(40).await;
+    assert_eq!(event_offsets(&got), (6..=40).collect::<Vec<_>>(), "{got:?}");
     assert!(got.iter().all(|m| m["type"] == "event"), "no gap message: {got:?}");
     assert!(a.metric("miteos_gaps_repaired_total") >= 1.0);
     a.shutdown().await;
@@ -117,7 +100,7 @@ async fn a_gap_history_no_longer_covers_is_announced_then_delivery_goes_on() {
     let (mut c, ok) = WsClient::authed(&a.ws_url(&token), &token).await;
     let epoch = ok["positions"]["tasks"]["epoch"].clone();
     publish_range(&producer, 1, 2).await;
-    assert_eq!(offsets(&recv_until(&mut c, 2).await), [1, 2]);
+    assert_eq!(event_offsets(&c.recv_until_offset(2).await), [1, 2]);
     let mut conn = redis.conn().await;
     cut_pubsub(&mut conn).await;
     a.wait_ready(503).await;
@@ -125,14 +108,14 @@ async fn a_gap_history_no_longer_covers_is_announced_then_delivery_goes_on() {
     accept_clients(&mut conn).await;
     a.wait_ready(200).await;
     publish_range(&producer, 21, 22).await;
-    let got = recv_until(&mut c, 22).await;
+    let got = c.recv_until_offset(22).await;
     let gap = got.iter().position(|m| m["type"] == "gap").expect("a gap message");
     assert_eq!(
         got[gap],
         json!({"type": "gap", "channel": "tasks", "position": {"offset": 17, "epoch": epoch}})
     );
-    assert_eq!(offsets(&got[gap..]), [18, 19, 20, 21, 22], "{got:?}");
-    assert!(offsets(&got[..gap]).is_empty(), "{got:?}");
+    assert_eq!(event_offsets(&got[gap..]), [18, 19, 20, 21, 22], "{got:?}");
+    assert!(event_offsets(&got[..gap]).is_empty(), "{got:?}");
     assert!(a.metric("miteos_gaps_unrepaired_total") >= 1.0);
     a.shutdown().await;
     producer.shutdown().await;
@@ -166,8 +149,8 @@ async fn a_node_redis_drops_for_its_output_buffer_repairs_the_burst_it_missed() 
         .await
         .map(|v| v.into_iter().map(|_| Value::Null).collect())
         .unwrap();
-    let got = recv_until(&mut c, 300).await;
-    assert_eq!(offsets(&got), (1..=300).collect::<Vec<_>>());
+    let got = c.recv_until_offset(300).await;
+    assert_eq!(event_offsets(&got), (1..=300).collect::<Vec<_>>());
     assert!(a.metric("miteos_broker_gaps_total") >= 1.0, "Redis never dropped the node");
     assert!(a.metric("miteos_gaps_repaired_total") >= 1.0);
     a.shutdown().await;

@@ -153,3 +153,23 @@ impl WsClient {
         }
     }
 }
+
+/// The offsets of the events among `msgs`, in order.
+pub fn event_offsets(msgs: &[Value]) -> Vec<u64> {
+    msgs.iter().filter(|m| m["type"] == "event").filter_map(|m| m["offset"].as_u64()).collect()
+}
+
+impl WsClient {
+    /// Every message until the event with offset `last` (included).
+    pub async fn recv_until_offset(&mut self, last: u64) -> Vec<Value> {
+        let mut got = Vec::new();
+        loop {
+            let m = self.recv().await;
+            let done = m["type"] == "event" && m["offset"] == last;
+            got.push(m);
+            if done {
+                return got;
+            }
+        }
+    }
+}
