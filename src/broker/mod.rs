@@ -32,6 +32,9 @@ pub enum ControlMessage {
         #[serde(with = "time::serde::rfc3339")]
         at: time::OffsetDateTime,
     },
+    /// The key's scopes, allowlist or expiry changed: forget any cached copy, read the record
+    /// again and apply it to the key's open streams (SPEC §8).
+    Update { key_id: KeyId },
 }
 
 /// What a broker hands to the node.
@@ -52,6 +55,9 @@ pub enum Delivery {
     /// The control connection reconnected: control messages may have been missed (no event
     /// was lost by it).
     ControlGap,
+    /// The control connection is lost: until the next `ControlGap`, control messages are
+    /// not received (a node must not trust what it cached).
+    ControlLost,
     /// The node read events slower than they arrived and dropped its subscription to stay
     /// within its memory bound (a `Gap` follows once it is back).
     Overflow,
@@ -81,6 +87,13 @@ pub trait Broker: Send + Sync + 'static {
     async fn publish(&self, channel: &ChannelKey, event_json: Bytes) -> Result<(), BrokerError>;
     /// Publishes a control message to every node, this one included.
     async fn publish_control(&self, msg: &ControlMessage) -> Result<(), BrokerError>;
+    /// Like `publish_control`, and returns once every node that received the message has
+    /// handled it (its synchronous part: a cache eviction), or once a node that did not
+    /// must have noticed that its control subscription is lost (see the Redis broker).
+    async fn publish_control_confirmed(&self, msg: &ControlMessage) -> Result<(), BrokerError> {
+        // One process (the in-process broker): handled before `publish_control` returns.
+        self.publish_control(msg).await
+    }
     /// Answers when the broker is usable (`/readyz`).
     async fn ping(&self) -> Result<(), BrokerError>;
     /// Whether the broker is connected right now (cheap; checked on every upgrade).

@@ -1,12 +1,13 @@
 //! The Hub's `Deliver`: fan-out of one event to the matching Outboxes (4009 on a full one),
 //! malformed producer messages (counted, logged once a minute per channel), control messages
-//! (handed to the node's control handler) and broker gaps.
+//! and the loss and return of the control subscription (handed to the node's control
+//! handler) and broker gaps.
 //!
 //! May use: outbox, metrics.  Never: await or do I/O.
 
 use std::time::Duration;
 
-use super::Hub;
+use super::{ControlSignal, Hub};
 use crate::{
     broker::{Deliver, Delivery},
     outbox::Push,
@@ -31,6 +32,15 @@ impl Hub {
         }
         self.malformed_logged.insert(channel.to_owned(), now);
         tracing::warn!(channel = %channel, error = %error, "dropped a malformed producer message (logged once a minute per channel)");
+    }
+}
+
+impl Hub {
+    fn signal(&self, signal: ControlSignal) {
+        match self.control.get() {
+            Some(handle) => handle(signal),
+            None => tracing::warn!("a control signal arrived before the node was wired"),
+        }
     }
 }
 
@@ -66,11 +76,12 @@ impl Deliver for Hub {
                 self.metrics.events_malformed.inc();
                 self.log_malformed(&channel, &error);
             }
-            Delivery::Control(msg) => match self.control.get() {
-                Some(handle) => handle(msg),
-                None => tracing::warn!("a control message arrived before the node was wired"),
-            },
-            Delivery::ControlGap => self.gap.notify_one(),
+            Delivery::Control(msg) => self.signal(ControlSignal::Message(msg)),
+            Delivery::ControlLost => self.signal(ControlSignal::Lost),
+            Delivery::ControlGap => {
+                self.signal(ControlSignal::Regained);
+                self.gap.notify_one();
+            }
             Delivery::Overflow => {
                 self.metrics.broker_overflows.inc();
             }

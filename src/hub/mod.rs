@@ -17,8 +17,9 @@ mod deliver;
 mod tests;
 
 use std::{
+    net::IpAddr,
     sync::{Arc, OnceLock, Weak},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use dashmap::DashMap;
@@ -29,6 +30,7 @@ use crate::{
     metrics::Metrics,
     outbox::Outbox,
     protocol::close::CloseCode,
+    scope::{ScopeSet, TopicSet},
     token::TokenHash,
 };
 use channels::Channel;
@@ -36,15 +38,47 @@ use channels::Channel;
 /// How long a channel with no local subscriber stays subscribed at the broker.
 pub const UNSUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
 
-/// What the Hub knows about a session, for closing it by key or all at once.
+/// What the Hub knows about a session, for closing it by key or all at once, and for
+/// applying a key update to it (SPEC §8).
 pub struct SessionEntry {
     pub key_id: KeyId,
     pub secret: TokenHash,
     pub outbox: Arc<Outbox>,
+    /// The address the credential was checked from at connect (trusted proxies resolved; for
+    /// a ticket, the address that minted it), checked against a new allowlist. `None`: never.
+    pub client: Option<IpAddr>,
+    /// The most this stream may read whatever the key gains (a ticket's scopes; every scope
+    /// for a stream opened with the key itself).
+    pub limit: ScopeSet,
+    /// What the stream may read now and when it must close; the session applies it when
+    /// nudged (`regrant`).
+    pub grant: Grant,
 }
 
-/// What the node does with a control message (installed once, by `control`).
-pub type ControlHandler = Box<dyn Fn(ControlMessage) + Send + Sync>;
+/// A stream's permissions as of its key's latest record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub readable: TopicSet,
+    pub expires_at: Option<time::OffsetDateTime>,
+}
+
+/// What `regrant` decides for one session.
+pub enum Verdict {
+    Keep,
+    Close,
+    Grant(Grant),
+}
+
+/// What the node's control handling is told: a control message, or that its control
+/// subscription was lost or is back (messages may have been missed in between).
+pub enum ControlSignal {
+    Message(ControlMessage),
+    Lost,
+    Regained,
+}
+
+/// What the node does with control signals (installed once, by `control`).
+pub type ControlHandler = Box<dyn Fn(ControlSignal) + Send + Sync>;
 
 pub struct Hub {
     me: Weak<Hub>,
@@ -55,6 +89,9 @@ pub struct Hub {
     /// control message but registers just after it is still closed (see `register`).
     revoked: DashMap<KeyId, std::time::Instant>,
     retired: DashMap<TokenHash, std::time::Instant>,
+    /// Keys whose record was last applied to their streams at this time: a session that
+    /// authenticated before an update but registers after it re-reads its key.
+    updated: DashMap<KeyId, std::time::Instant>,
     control: OnceLock<ControlHandler>,
     /// Signalled after a broker gap (control messages may have been missed).
     gap: tokio::sync::Notify,
@@ -90,6 +127,7 @@ impl Hub {
                 sessions: DashMap::new(),
                 revoked: DashMap::new(),
                 retired: DashMap::new(),
+                updated: DashMap::new(),
                 control: OnceLock::new(),
                 gap: tokio::sync::Notify::new(),
                 malformed_logged: DashMap::new(),
@@ -118,6 +156,47 @@ impl Hub {
         if self.revoked.contains_key(&key) || self.retired.contains_key(&secret) {
             outbox.close(CloseCode::KeyRevoked);
         }
+    }
+
+    /// Whether an update of `key_id` was applied to this node's streams at or after `since`
+    /// (call after `register`: `regrant` marks the key before it scans the sessions).
+    pub fn updated_since(&self, key_id: &KeyId, since: Instant) -> bool {
+        self.updated.get(key_id).is_some_and(|at| *at >= since)
+    }
+
+    /// Decides for every session of `key_id` (all sessions when `None`): `decide` sees the
+    /// session's entry and says keep, close (4003), or a new grant, which the session is
+    /// nudged to apply when it differs from its current one. Returns (closed, changed).
+    pub fn regrant(
+        &self,
+        key_id: Option<&KeyId>,
+        mut decide: impl FnMut(&SessionEntry) -> Verdict,
+    ) -> (usize, usize) {
+        if let Some(k) = key_id {
+            tombstone(&self.updated, k.clone());
+        }
+        let (mut closed, mut changed) = (0, 0);
+        for mut s in self.sessions.iter_mut() {
+            if key_id.is_some_and(|k| s.key_id != *k) || s.outbox.close_requested().is_some() {
+                continue;
+            }
+            match decide(&s) {
+                Verdict::Keep => {}
+                Verdict::Close => closed += usize::from(s.outbox.close(CloseCode::KeyRevoked)),
+                Verdict::Grant(g) if g != s.grant => {
+                    s.grant = g;
+                    s.outbox.nudge();
+                    changed += 1;
+                }
+                Verdict::Grant(_) => {}
+            }
+        }
+        (closed, changed)
+    }
+
+    /// The session's current grant.
+    pub fn grant(&self, conn: ConnId) -> Option<Grant> {
+        self.sessions.get(&conn).map(|s| s.grant)
     }
 
     pub fn deregister(&self, conn: ConnId) {

@@ -36,6 +36,7 @@ impl Deliver for Recorder {
             Delivery::Gap => "gap".into(),
             Delivery::Overflow => "overflow".into(),
             Delivery::ControlGap => "control gap".into(),
+            Delivery::ControlLost => "control lost".into(),
         };
         self.seen.lock().unwrap().push(line);
     }

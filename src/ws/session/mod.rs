@@ -1,8 +1,9 @@
 //! One WebSocket session after the upgrade: the auth handshake (4001/4002), registration and
-//! auto-subscription, the client-message loop (subscribe, unsubscribe, ping), and teardown.
+//! auto-subscription, the client-message loop (subscribe, unsubscribe, ping), key updates
+//! (the grant the Hub holds for it, applied when nudged), and teardown.
 //!
 //! Owns: the session's subscriptions and its exit code.  May use: hub, outbox, protocol,
-//! auth's `Principal`, metrics.  Never: write to the socket except through `Conn`.
+//! auth's `Principal`, control (to re-read a key that changed while registering), metrics.  Never: write to the socket except through `Conn`.
 //! Invariants: `auth.success` is queued before any event; every exit path closes with one
 //! `CloseCode` (or the client left first); the Registration guard always deregisters.
 
@@ -19,12 +20,12 @@ use crate::{
     auth::Principal,
     broker::ChannelKey,
     budget::Held,
-    hub::{Hub, SessionEntry},
+    hub::{Grant, Hub, SessionEntry},
     ids::{AccountId, ConnId, KeyId},
     metrics::{CloseLabel, Metrics},
     outbox::{Outbox, Push},
     protocol::{close::CloseCode, ClientMessage, ServerMessage},
-    scope::{Environment, Topic, TopicSet},
+    scope::{Environment, ScopeSet, Topic, TopicSet},
     server::ConnPermit,
     slots::{self, Slot},
     state::AppState,
@@ -79,8 +80,14 @@ pub struct Admission {
     pub expected: TokenHash,
     pub connection: Option<ConnPermit>,
     pub unauthenticated: Unauthenticated,
-    /// When the `/v1/ws` request arrived (for the handshake-time histogram).
+    /// When the `/v1/ws` request arrived (for the handshake-time histogram), before its
+    /// credential was checked.
     pub started: std::time::Instant,
+    /// Where the credential was checked from (for a ticket: the address that minted it),
+    /// checked again when the key's allowlist changes; `None`: never checked.
+    pub client: Option<std::net::IpAddr>,
+    /// The most the stream may read whatever its key gains (a ticket's scopes).
+    pub limit: ScopeSet,
 }
 
 /// An unauthenticated socket's shares: of the node's budget, its key's and its account's.
@@ -113,14 +120,23 @@ where
     let cfg = &state.config;
     let conn_id = ConnId::generate();
     let outbox = Arc::new(Outbox::new(cfg.outbox_capacity));
+    let readable = principal.scopes.intersect(admission.limit).read_topics();
     state.hub.register(
         conn_id,
         SessionEntry {
             key_id: principal.key_id.clone(),
             secret: principal.secret,
             outbox: outbox.clone(),
+            client: admission.client,
+            limit: admission.limit,
+            grant: Grant { readable, expires_at: principal.expires_at },
         },
     );
+    // The key may have changed after its record was read for this connection and before
+    // the session was registered: read it again.
+    if state.hub.updated_since(&principal.key_id, admission.started) {
+        state.control.spawn_refresh(principal.key_id.clone());
+    }
     state.metrics.connections_open.inc();
     state.metrics.connections_total.inc();
     let reg = Registration {
@@ -138,7 +154,6 @@ where
     }
     let mut conn = Conn::new(ws, outbox.clone(), cfg.ping_interval, cfg.pong_timeout);
     conn.set_expiry(principal.expires_at.map(deadline_of));
-    let readable = principal.scopes.read_topics();
     let messages = state.limits.message_limiter().map(Box::new);
     let span = tracing::debug_span!("ws", conn = %conn_id, key_id = %principal.key_id);
     let mut session = Session { state, outbox, reg, readable, messages, _slot: None };
@@ -186,11 +201,14 @@ impl Session {
             Box::new(step)
         })?;
         let authed = self.authenticate(first, &principal, &expected).await;
+        if let Ok(Some(g)) = authed {
+            conn.set_expiry(g.expires_at.map(deadline_of));
+        }
         drop(unauthenticated);
         if authed.is_ok() {
             self.state.metrics.handshake_seconds.observe(started.elapsed().as_secs_f64());
         }
-        authed.map_err(close)
+        authed.map(|_| ()).map_err(close)
     }
 
     /// Closes with the session's exit code (or completes the client's close).
@@ -201,7 +219,9 @@ impl Session {
                 tracing::debug!(code = code.code(), "closing");
                 conn.close(code, self.state.config.close_timeout).await;
             }
-            Step::Gone | Step::Message(_) => conn.finish(Duration::from_secs(1)).await,
+            Step::Gone | Step::Message(_) | Step::Update => {
+                conn.finish(Duration::from_secs(1)).await
+            }
         }
     }
 
@@ -224,13 +244,14 @@ impl Session {
         }
     }
 
-    /// Checks the first message, queues `auth.success`, then subscribes every readable topic.
+    /// Checks the first message, queues `auth.success`, then subscribes every readable topic
+    /// (as of the key's latest record this node applied: returned, for the expiry).
     async fn authenticate(
         &mut self,
         first: Message,
         principal: &Principal,
         expected: &TokenHash,
-    ) -> Result<(), CloseCode> {
+    ) -> Result<Option<Grant>, CloseCode> {
         let Message::Text(text) = first else {
             return Err(self.auth_failed("ws_auth_invalid_message"));
         };
@@ -241,6 +262,11 @@ impl Session {
         };
         if !TokenHash::of(&credential).ct_eq(expected) {
             return Err(self.auth_failed("ws_auth_mismatch"));
+        }
+        // The key may have changed while the client took its time to authenticate.
+        let granted = self.regrant();
+        if self.readable.is_empty() {
+            return Err(CloseCode::KeyRevoked);
         }
         let success = ServerMessage::AuthSuccess {
             message: "Authenticated successfully",
@@ -254,7 +280,7 @@ impl Session {
             self.join(topic, None).await.map_err(|_| CloseCode::TryAgainLater)?;
         }
         tracing::debug!("authenticated");
-        Ok(())
+        Ok(granted)
     }
 
     fn auth_failed(&self, why: &'static str) -> CloseCode {
@@ -279,6 +305,11 @@ impl Session {
                     "only JSON text messages are accepted",
                     None,
                 )),
+                Step::Update => match self.regrant() {
+                    Some(g) if g.readable.is_empty() => return Step::Close(CloseCode::KeyRevoked),
+                    Some(g) => conn.set_expiry(g.expires_at.map(deadline_of)),
+                    None => {}
+                },
                 other => return other,
             }
         }
