@@ -77,6 +77,8 @@ impl Backends {
                 metrics,
             });
         };
+        // Until the control subscription is up this node would not hear a key change.
+        cache.suspend();
         let link = Arc::new(RedisLink::new(url).map_err(|e| NodeError::Redis(e.to_string()))?);
         let broker_link = link.clone();
         let hub = Hub::new(metrics.clone(), move |handler| {

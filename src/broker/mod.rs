@@ -94,6 +94,10 @@ pub trait Broker: Send + Sync + 'static {
         // One process (the in-process broker): handled before `publish_control` returns.
         self.publish_control(msg).await
     }
+    /// The longest `publish_control_confirmed` may wait for confirmations (beyond sending).
+    fn confirm_within(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
     /// Answers when the broker is usable (`/readyz`).
     async fn ping(&self) -> Result<(), BrokerError>;
     /// Whether the broker is connected right now (cheap; checked on every upgrade).

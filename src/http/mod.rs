@@ -7,6 +7,7 @@ pub mod api_keys;
 pub mod body;
 pub mod client_ip;
 pub mod health;
+pub mod key_update;
 pub mod publish;
 pub mod tickets;
 

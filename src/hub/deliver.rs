@@ -37,6 +37,19 @@ impl Hub {
 
 impl Hub {
     fn signal(&self, signal: ControlSignal) {
+        let up = match signal {
+            ControlSignal::Message(_) => None,
+            ControlSignal::Lost => Some(false),
+            ControlSignal::Regained => Some(true),
+        };
+        if let Some(up) = up {
+            let mut link = self.link.lock();
+            *link = Some(up);
+            if let Some(handle) = self.control.get() {
+                handle(signal);
+            }
+            return;
+        }
         match self.control.get() {
             Some(handle) => handle(signal),
             None => tracing::warn!("a control signal arrived before the node was wired"),

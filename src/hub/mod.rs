@@ -93,6 +93,9 @@ pub struct Hub {
     /// authenticated before an update but registers after it re-reads its key.
     updated: DashMap<KeyId, std::time::Instant>,
     control: OnceLock<ControlHandler>,
+    /// The latest `Lost`/`Regained` (true = regained), replayed to a handler installed after
+    /// it; the lock also keeps the two in order with the installation.
+    link: parking_lot::Mutex<Option<bool>>,
     /// Signalled after a broker gap (control messages may have been missed).
     gap: tokio::sync::Notify,
     /// When a malformed message was last logged per channel (at most once a minute).
@@ -129,6 +132,7 @@ impl Hub {
                 retired: DashMap::new(),
                 updated: DashMap::new(),
                 control: OnceLock::new(),
+                link: parking_lot::Mutex::new(None),
                 gap: tokio::sync::Notify::new(),
                 malformed_logged: DashMap::new(),
                 metrics,
@@ -140,9 +144,15 @@ impl Hub {
         &self.broker
     }
 
-    /// Installs what control messages do on this node (once; later calls are ignored).
+    /// Installs what control signals do on this node (once; later calls are ignored). The
+    /// control subscription's latest state, if it changed before, is replayed to it.
     pub fn set_control_handler(&self, handler: ControlHandler) {
-        let _ = self.control.set(handler);
+        let link = self.link.lock();
+        if self.control.set(handler).is_ok() {
+            if let (Some(handle), Some(up)) = (self.control.get(), *link) {
+                handle(if up { ControlSignal::Regained } else { ControlSignal::Lost });
+            }
+        }
     }
 
     // === sessions ===

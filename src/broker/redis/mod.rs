@@ -324,6 +324,11 @@ impl Broker for RedisBroker {
         control::publish(&self.inner, msg, true).await
     }
 
+    fn confirm_within(&self) -> Duration {
+        // Waiting for the control subscription to come up, then for the acknowledgements.
+        COMMAND_TIMEOUT + CONFIRM_WITHIN
+    }
+
     async fn ping(&self) -> Result<(), BrokerError> {
         if !self.ready() {
             return Err(BrokerError::Unavailable("not connected to redis".into()));
