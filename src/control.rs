@@ -31,7 +31,7 @@ use parking_lot::Mutex;
 use time::OffsetDateTime;
 
 use crate::{
-    broker::ControlMessage,
+    broker::{ControlMessage, Done},
     hub::{ControlSignal, Hub},
     ids::KeyId,
     keys::{cache::KeyCache, KeyStore},
@@ -49,8 +49,8 @@ pub struct Control {
     timers: Mutex<BTreeMap<(OffsetDateTime, TokenHash), KeyId>>,
     /// Wakes the timer task when an earlier deadline is armed.
     rearmed: tokio::sync::Notify,
-    /// Keys whose record is being read, and whether it must be read once more after that.
-    inflight: Mutex<HashMap<KeyId, bool>>,
+    /// Keys whose record is being read, and who waits for one more read after that.
+    inflight: Mutex<HashMap<KeyId, refresh::Again>>,
 }
 
 impl Control {
@@ -69,7 +69,7 @@ impl Control {
         hub.set_control_handler(Box::new(move |signal| {
             if let Some(c) = weak.upgrade() {
                 match signal {
-                    ControlSignal::Message(msg) => c.apply(msg),
+                    ControlSignal::Message(msg, done) => c.apply_confirmed(msg, done),
                     ControlSignal::Lost => {
                         tracing::warn!(
                             "control messages cannot be heard: the key cache is off until they can"
@@ -85,6 +85,12 @@ impl Control {
 
     /// Applies a control message from any node (this one included).
     pub fn apply(self: &Arc<Self>, msg: ControlMessage) {
+        self.apply_confirmed(msg, Done::none());
+    }
+
+    /// Applies a control message; `done` is dropped once it is handled (for an update, once
+    /// the key was read again and applied to its streams).
+    pub fn apply_confirmed(self: &Arc<Self>, msg: ControlMessage, done: Done) {
         match msg {
             ControlMessage::Revoke { key_id } => self.apply_revoke(&key_id),
             ControlMessage::Retire { key_id, secret, at } => {
@@ -98,7 +104,7 @@ impl Control {
             ControlMessage::Update { key_id } => {
                 // Evicted before this returns: a confirmed publish waits for exactly this.
                 self.cache.invalidate(&key_id);
-                self.spawn_refresh(key_id);
+                self.spawn_refresh(key_id, done);
             }
         }
     }

@@ -37,6 +37,36 @@ pub enum ControlMessage {
     Update { key_id: KeyId },
 }
 
+/// Tells a confirmed publish that one node finished handling its message, when dropped.
+/// A handler that keeps it through asynchronous work (re-reading a key and applying it to
+/// the key's streams) delays the confirmation until that work is done.
+pub struct Done(Option<Box<dyn FnOnce() + Send>>);
+
+impl Done {
+    pub fn new(f: impl FnOnce() + Send + 'static) -> Self {
+        Done(Some(Box::new(f)))
+    }
+
+    /// Nobody waits.
+    pub fn none() -> Self {
+        Done(None)
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+impl std::fmt::Debug for Done {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Done(waited for)" } else { "Done(none)" })
+    }
+}
+
 /// What a broker hands to the node.
 #[derive(Debug)]
 pub enum Delivery {
@@ -50,6 +80,8 @@ pub enum Delivery {
         error: DecodeError,
     },
     Control(ControlMessage),
+    /// A control message whose publisher waits until `Done` is dropped.
+    Confirm(ControlMessage, Done),
     /// The broker lost its connection: anything published meanwhile was lost.
     Gap,
     /// The control connection reconnected: control messages may have been missed (no event
@@ -88,12 +120,9 @@ pub trait Broker: Send + Sync + 'static {
     /// Publishes a control message to every node, this one included.
     async fn publish_control(&self, msg: &ControlMessage) -> Result<(), BrokerError>;
     /// Like `publish_control`, and returns once every node that received the message has
-    /// handled it (its synchronous part: a cache eviction), or once a node that did not
-    /// must have noticed that its control subscription is lost (see the Redis broker).
-    async fn publish_control_confirmed(&self, msg: &ControlMessage) -> Result<(), BrokerError> {
-        // One process (the in-process broker): handled before `publish_control` returns.
-        self.publish_control(msg).await
-    }
+    /// handled it (dropped its `Done`), or once a node that did not must have noticed that
+    /// its control subscription is lost (see the Redis broker).
+    async fn publish_control_confirmed(&self, msg: &ControlMessage) -> Result<(), BrokerError>;
     /// The longest `publish_control_confirmed` may wait for confirmations (beyond sending).
     fn confirm_within(&self) -> std::time::Duration {
         std::time::Duration::ZERO

@@ -21,6 +21,7 @@ use time::OffsetDateTime;
 use super::Control;
 use crate::{
     auth::principal_for,
+    broker::Done,
     hub::{Grant, SessionEntry, Verdict},
     ids::KeyId,
     keys::KeyRecord,
@@ -39,6 +40,14 @@ pub fn grant_for(rec: &KeyRecord, entry: &SessionEntry, now: OffsetDateTime) -> 
     (!readable.is_empty()).then_some(Grant { readable, expires_at: p.expires_at })
 }
 
+/// A read asked for while one was in flight: it runs once more, then drops these (the
+/// confirmations of the updates that asked).
+#[derive(Default)]
+pub(super) struct Again {
+    wanted: bool,
+    waiting: Vec<Done>,
+}
+
 /// What one scan found to do once the Hub's session map is no longer held.
 #[derive(Default)]
 struct After {
@@ -52,46 +61,60 @@ struct After {
 }
 
 impl Control {
-    /// Reads `key_id` again and applies it to its streams, in the background.
-    pub fn spawn_refresh(self: &Arc<Self>, key_id: KeyId) {
+    /// Reads `key_id` again and applies it to its streams, in the background; drops `done`
+    /// once a read that started after this call was applied.
+    pub fn spawn_refresh(self: &Arc<Self>, key_id: KeyId, done: Done) {
         let me = self.clone();
-        tokio::spawn(async move { me.refresh(key_id).await });
+        tokio::spawn(async move { me.refresh(key_id, done).await });
     }
 
     /// Reads `key_id` again and applies it; if a read of it is in flight, that one reads
-    /// once more when it ends instead.
-    pub async fn refresh(&self, key_id: KeyId) {
-        if self.claim(&key_id) {
+    /// once more when it ends instead (and drops `done` after that).
+    pub async fn refresh(&self, key_id: KeyId, done: Done) {
+        if self.claim(&key_id, done) {
             self.refresh_claimed(key_id).await;
         }
     }
 
     async fn refresh_claimed(&self, key_id: KeyId) {
         loop {
+            // Whoever asked before this read starts is answered by it.
+            let waiting = self.take_waiting(&key_id);
             if let Some(rec) = self.read(&key_id).await {
                 let (closed, changed) =
                     self.apply_records(Some(&key_id), &HashMap::from([(key_id.clone(), rec)]));
                 tracing::info!(key_id = %key_id, closed, changed, "key record applied to its streams");
             }
+            drop(waiting);
             if !self.release(&key_id) {
                 return;
             }
         }
     }
 
-    /// Takes the key's read slot; `false` if a read is in flight (it is told to read again).
-    fn claim(&self, key_id: &KeyId) -> bool {
+    /// Takes the key's read slot; `false` if a read is in flight (it is told to read again,
+    /// and to drop `done` after that).
+    fn claim(&self, key_id: &KeyId, done: Done) -> bool {
         let mut inflight = self.inflight.lock();
         match inflight.get_mut(key_id) {
             Some(again) => {
-                *again = true;
+                again.wanted = true;
+                again.waiting.push(done);
                 false
             }
             None => {
-                inflight.insert(key_id.clone(), false);
+                inflight.insert(key_id.clone(), Again { wanted: false, waiting: vec![done] });
                 true
             }
         }
+    }
+
+    fn take_waiting(&self, key_id: &KeyId) -> Vec<Done> {
+        self.inflight
+            .lock()
+            .get_mut(key_id)
+            .map(|a| std::mem::take(&mut a.waiting))
+            .unwrap_or_default()
     }
 
     /// Gives the slot back, unless another read was asked for meanwhile (`true`: the caller
@@ -99,11 +122,12 @@ impl Control {
     fn release(&self, key_id: &KeyId) -> bool {
         let mut inflight = self.inflight.lock();
         match inflight.get_mut(key_id) {
-            Some(again) if *again => {
-                *again = false;
+            Some(again) if again.wanted => {
+                again.wanted = false;
                 true
             }
             _ => {
+                // Nobody asked since the read started (asking sets `wanted`).
                 inflight.remove(key_id);
                 false
             }
@@ -131,7 +155,8 @@ impl Control {
     /// other stream gets the record's scopes, allowlist and expiry.
     pub async fn revalidate(self: &Arc<Self>) {
         let keys: HashSet<KeyId> = self.hub.session_keys().into_iter().map(|(k, _)| k).collect();
-        let claimed: Vec<KeyId> = keys.into_iter().filter(|k| self.claim(k)).collect();
+        let claimed: Vec<KeyId> =
+            keys.into_iter().filter(|k| self.claim(k, Done::none())).collect();
         let store = &self.store;
         let records: HashMap<KeyId, KeyRecord> = futures::stream::iter(claimed.iter().cloned())
             .map(|key_id| async move {

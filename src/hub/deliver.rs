@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::{ControlSignal, Hub};
 use crate::{
-    broker::{Deliver, Delivery},
+    broker::{Deliver, Delivery, Done},
     outbox::Push,
     protocol::close::CloseCode,
 };
@@ -38,7 +38,7 @@ impl Hub {
 impl Hub {
     fn signal(&self, signal: ControlSignal) {
         let up = match signal {
-            ControlSignal::Message(_) => None,
+            ControlSignal::Message(..) => None,
             ControlSignal::Lost => Some(false),
             ControlSignal::Regained => Some(true),
         };
@@ -89,7 +89,8 @@ impl Deliver for Hub {
                 self.metrics.events_malformed.inc();
                 self.log_malformed(&channel, &error);
             }
-            Delivery::Control(msg) => self.signal(ControlSignal::Message(msg)),
+            Delivery::Control(msg) => self.signal(ControlSignal::Message(msg, Done::none())),
+            Delivery::Confirm(msg, done) => self.signal(ControlSignal::Message(msg, done)),
             Delivery::ControlLost => self.signal(ControlSignal::Lost),
             Delivery::ControlGap => {
                 self.signal(ControlSignal::Regained);

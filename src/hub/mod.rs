@@ -25,7 +25,7 @@ use std::{
 use dashmap::DashMap;
 
 use crate::{
-    broker::{Broker, ChannelKey, ControlMessage, Deliver},
+    broker::{Broker, ChannelKey, ControlMessage, Deliver, Done},
     ids::{ConnId, KeyId},
     metrics::Metrics,
     outbox::Outbox,
@@ -72,7 +72,8 @@ pub enum Verdict {
 /// What the node's control handling is told: a control message, or that its control
 /// subscription was lost or is back (messages may have been missed in between).
 pub enum ControlSignal {
-    Message(ControlMessage),
+    /// A control message; drop `Done` once it is handled (a confirmed publish waits).
+    Message(ControlMessage, Done),
     Lost,
     Regained,
 }

@@ -35,6 +35,9 @@ impl Broker for Recording {
     async fn publish_control(&self, _: &ControlMessage) -> Result<(), BrokerError> {
         Ok(())
     }
+    async fn publish_control_confirmed(&self, _: &ControlMessage) -> Result<(), BrokerError> {
+        Ok(())
+    }
     async fn ping(&self) -> Result<(), BrokerError> {
         Ok(())
     }

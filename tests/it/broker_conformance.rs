@@ -33,6 +33,7 @@ impl Deliver for Recorder {
             Delivery::Malformed { channel, .. } => format!("malformed {channel}"),
             Delivery::Control(ControlMessage::Revoke { key_id }) => format!("revoke {key_id}"),
             Delivery::Control(other) => format!("control {other:?}"),
+            Delivery::Confirm(msg, _done) => format!("confirmed {msg:?}"),
             Delivery::Gap => "gap".into(),
             Delivery::Overflow => "overflow".into(),
             Delivery::ControlGap => "control gap".into(),

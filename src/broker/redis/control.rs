@@ -2,8 +2,9 @@
 //! own with its own reader, so a flood on the event connection never delays a revocation.
 //!
 //! Confirmed publishes (key updates, SPEC §8): the publisher tags the message with an id and
-//! waits until as many acknowledgements came back as `PUBLISH` counted receivers; each node
-//! acknowledges after its handler ran (the cache eviction is synchronous). A receiver whose
+//! waits until its own handler is done and as many acknowledgements came back as `PUBLISH`
+//! counted receivers; each node acknowledges when its handler drops the message's `Done`
+//! (after evicting the key from its cache and applying the re-read record to its streams). A receiver whose
 //! subscription died silently never acknowledges, so the wait is bounded by `CONFIRM_WITHIN`:
 //! by then that node has failed a health ping, reported `ControlLost`, and stopped trusting
 //! its cache. Either way, when a confirmed publish returns, no node authenticates with what
@@ -29,7 +30,10 @@ use tokio::sync::Notify;
 use super::{
     backoff, open, unavailable, BrokerError, Delivery, Inner, COMMAND_TIMEOUT, CONTROL_CHANNEL,
 };
-use crate::{broker::ControlMessage, ids::random_base62};
+use crate::{
+    broker::{ControlMessage, Done},
+    ids::random_base62,
+};
 
 /// How often the control connection is pinged: a silent failure is noticed within this
 /// plus `COMMAND_TIMEOUT`.
@@ -135,15 +139,25 @@ fn on_control(inner: &Inner, payload: &[u8]) {
         }
         return;
     }
-    if let Some(msg) = env.msg {
-        if env.node != inner.node {
-            inner.deliver(Delivery::Control(msg));
-        }
+    // Acknowledged when the handler is done with it (it may keep `Done` through a re-read).
+    let done = match env.confirm {
+        Some(id) => acknowledge(inner, id),
+        None => Done::none(),
+    };
+    match env.msg {
+        Some(msg) if env.node != inner.node => inner.deliver(Delivery::Confirm(msg, done)),
+        // This node's own message was applied when it was published.
+        _ => drop(done),
     }
-    if let Some(id) = env.confirm {
-        let ack = Envelope { node: inner.node.clone(), msg: None, confirm: None, ack: Some(id) };
-        let link = inner.link.clone();
-        tokio::spawn(async move {
+}
+
+/// A `Done` that publishes the acknowledgement of `id` when dropped.
+fn acknowledge(inner: &Inner, id: String) -> Done {
+    let ack = Envelope { node: inner.node.clone(), msg: None, confirm: None, ack: Some(id) };
+    let link = inner.link.clone();
+    Done::new(move || {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        rt.spawn(async move {
             let sent = tokio::time::timeout(COMMAND_TIMEOUT, async {
                 let mut conn = link.conn().await.map_err(unavailable)?;
                 send(&mut conn, &ack).await.map(|_| ())
@@ -153,7 +167,7 @@ fn on_control(inner: &Inner, payload: &[u8]) {
                 tracing::warn!("could not acknowledge a control message");
             }
         });
-    }
+    })
 }
 
 /// PUBLISHes an envelope on `mt:control`; returns how many subscribers received it.
@@ -178,14 +192,21 @@ pub(super) async fn publish(
     msg: &ControlMessage,
     confirm: bool,
 ) -> Result<(), BrokerError> {
-    // Apply here first, so this node acts even if Redis is down.
-    inner.deliver(Delivery::Control(msg.clone()));
     let mut env =
         Envelope { node: inner.node.clone(), msg: Some(msg.clone()), confirm: None, ack: None };
     if !confirm {
+        // Apply here first, so this node acts even if Redis is down.
+        inner.deliver(Delivery::Control(msg.clone()));
         let mut conn = inner.link.conn().await.map_err(unavailable)?;
         return send(&mut conn, &env).await.map(|_| ());
     }
+    let (local_tx, local) = tokio::sync::oneshot::channel();
+    inner.deliver(Delivery::Confirm(
+        msg.clone(),
+        Done::new(move || {
+            let _ = local_tx.send(());
+        }),
+    ));
     // Acknowledgements come in on the control connection: give a starting one its chance.
     wait_control_up(inner).await;
     let id = random_base62(16);
@@ -205,6 +226,7 @@ pub(super) async fn publish(
         }
     };
     let all = async {
+        let _ = local.await; // this node's handler, and every receiver's
         while waiter.seen.load(Ordering::Acquire) < receivers {
             waiter.notify.notified().await;
         }

@@ -135,7 +135,7 @@ where
     // The key may have changed after its record was read for this connection and before
     // the session was registered: read it again.
     if state.hub.updated_since(&principal.key_id, admission.started) {
-        state.control.spawn_refresh(principal.key_id.clone());
+        state.control.spawn_refresh(principal.key_id.clone(), crate::broker::Done::none());
     }
     state.metrics.connections_open.inc();
     state.metrics.connections_total.inc();
