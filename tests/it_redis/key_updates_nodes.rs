@@ -1,0 +1,43 @@
+//! Issue 13 item 2 across nodes: every rule of `key_updates` with the PATCH sent to node A
+//! and the streams on node B, two nodes on one private redis-server; and what a node that
+//! could not hear the update does (items 2 and 3 during a broker outage).
+
+use crate::support::{RedisServer, TestServer};
+
+/// Two nodes on `redis`; B trusts the proxy 127.0.0.3 (for the forwarded-client rule).
+pub async fn two_nodes(redis: &RedisServer) -> (TestServer, TestServer) {
+    let a = TestServer::on_redis(redis, |_| {}).await;
+    let b = TestServer::on_redis(redis, |c| {
+        c.trusted_proxies = vec!["127.0.0.3/32".parse().unwrap()];
+    })
+    .await;
+    assert!(!a.bootstrap.is_empty(), "A holds the bootstrap key");
+    (a, b)
+}
+
+macro_rules! across_nodes {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $name() {
+            let redis = RedisServer::start().await;
+            let (a, b) = two_nodes(&redis).await;
+            let caller = a.bootstrap.clone();
+            crate::key_updates::$name(&a, &b, &caller).await;
+            a.shutdown().await;
+            b.shutdown().await;
+        }
+    )*};
+}
+
+across_nodes!(
+    removed_read_scopes_are_unsubscribed,
+    no_readable_topic_left_closes,
+    allowlist_closes_excluded_addresses,
+    allowlist_checks_the_forwarded_client,
+    new_expiry_closes_at_that_time,
+    cleared_expiry_keeps_the_stream,
+    added_scopes_subscribe_nothing,
+    every_secret_of_the_key_follows,
+    ticket_streams_follow_their_key,
+    new_values_are_seen_at_once,
+);
