@@ -83,7 +83,10 @@ pub async fn removed_read_scopes_are_unsubscribed(p: &TestServer, s: &TestServer
     assert_eq!(c.recv().await["event"], "task.marker", "no event of a removed topic after it");
     c.send(json!({"type": "subscribe", "channels": ["agents"]})).await;
     let e = c.recv().await;
-    assert_eq!((e["code"].as_str(), e["param"].as_str()), (Some("insufficient_scope"), Some("agents.read")));
+    assert_eq!(
+        (e["code"].as_str(), e["param"].as_str()),
+        (Some("insufficient_scope"), Some("agents.read"))
+    );
 }
 
 /// A stream left with no readable topic closes with 4003.
@@ -229,7 +232,10 @@ pub async fn ticket_streams_follow_their_key(p: &TestServer, s: &TestServer, cal
     let answered = patch_ok(p, caller, &id, json!({"scopes": ["tasks.read"]})).await;
     let m = c.recv().await;
     within(answered, "unsubscribed");
-    assert_eq!((m["channels"].clone(), m["reason"].clone()), (json!(["agents"]), json!("scope_removed")));
+    assert_eq!(
+        (m["channels"].clone(), m["reason"].clone()),
+        (json!(["agents"]), json!("scope_removed"))
+    );
     // The ticket was minted from 127.0.0.1: an allowlist without it closes the stream.
     let answered = patch_ok(p, caller, &id, json!({"ip_allowlist": ["10.0.0.0/8"]})).await;
     assert_eq!(c.expect_close().await, 4003);

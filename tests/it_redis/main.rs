@@ -17,11 +17,11 @@ mod http_admin;
 mod ip_allowlist;
 #[path = "../it/key_lifecycle.rs"]
 mod key_lifecycle;
+#[path = "../it/key_pages.rs"]
+mod key_pages;
 #[path = "../it/key_updates.rs"]
 mod key_updates;
 mod key_updates_nodes;
-#[path = "../it/key_pages.rs"]
-mod key_pages;
 #[path = "../it/protection.rs"]
 mod protection;
 #[path = "../it/ticket_scopes.rs"]
