@@ -16,6 +16,7 @@ mod ip_allowlist;
 mod key_lifecycle;
 mod key_pages;
 mod key_store;
+mod key_update_api;
 mod key_updates;
 mod log_secrets;
 mod metrics;

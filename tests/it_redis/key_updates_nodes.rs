@@ -41,3 +41,16 @@ across_nodes!(
     ticket_streams_follow_their_key,
     new_values_are_seen_at_once,
 );
+
+/// The PATCH and the revocation on A, the rotation on B, 16 times.
+#[tokio::test]
+async fn a_patch_racing_a_rotation_and_a_revocation_on_two_nodes_loses_no_update() {
+    let redis = RedisServer::start().await;
+    let (a, b) = two_nodes(&redis).await;
+    let caller = a.bootstrap.clone();
+    for round in 0..16 {
+        crate::key_update_api::one_race(&a, &b, &caller, round).await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -19,6 +19,8 @@ mod ip_allowlist;
 mod key_lifecycle;
 #[path = "../it/key_pages.rs"]
 mod key_pages;
+#[path = "../it/key_update_api.rs"]
+mod key_update_api;
 #[path = "../it/key_updates.rs"]
 mod key_updates;
 mod key_updates_nodes;
