@@ -100,8 +100,9 @@ async fn an_expiring_or_restricted_caller_cannot_lift_its_limits_through_an_upda
         let r = patch(&s, &caller, &target, body.clone()).await;
         assert_eq!(outcome(&r), (403, json!("scope_escalation"), json!(param)), "{body}");
     }
-    let r = patch(&s, &caller, &target, json!({"expires_at": sooner, "ip_allowlist": ["127.0.0.2"]}))
-        .await;
+    let r =
+        patch(&s, &caller, &target, json!({"expires_at": sooner, "ip_allowlist": ["127.0.0.2"]}))
+            .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["ip_allowlist"], json!(["127.0.0.2/32"]));
     s.shutdown().await;
@@ -152,11 +153,15 @@ async fn bad_bodies_are_400_naming_the_param_and_change_nothing() {
     let mut http = s.http().await;
     let r = http.patch_json(&format!("/v1/api-keys/{id}"), Some(&boot), "{not json").await;
     assert_eq!(outcome(&r).0, 400);
-    let r = http.with_body(hyper::Method::PUT, &format!("/v1/api-keys/{id}"), Some(&boot), "{}").await;
+    let r =
+        http.with_body(hyper::Method::PUT, &format!("/v1/api-keys/{id}"), Some(&boot), "{}").await;
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow").as_deref(), Some("GET, PATCH, DELETE"));
     let rec = http.get(&format!("/v1/api-keys/{id}"), Some(&boot)).await.json();
-    assert_eq!((rec["name"].clone(), rec["scopes"].clone()), (json!("test"), json!(["tasks.read"])));
+    assert_eq!(
+        (rec["name"].clone(), rec["scopes"].clone()),
+        (json!("test"), json!(["tasks.read"]))
+    );
     // An empty object changes nothing and answers the record.
     let r = patch(&s, &boot, &id, json!({})).await;
     assert_eq!((r.status, r.json()["name"].clone()), (200, json!("test")));
@@ -189,14 +194,25 @@ pub async fn one_race(a: &TestServer, b: &TestServer, caller: &str, round: u64) 
     );
     assert_eq!(d.status, 200, "the revocation always succeeds: {}", d.body);
     // A request after the revocation is refused as revoked; before it, it succeeded.
-    assert!(p.status == 200 || outcome(&p) == (400, json!("key_revoked"), json!("id")), "{}", p.body);
-    assert!(r.status == 201 || outcome(&r) == (400, json!("key_revoked"), json!("id")), "{}", r.body);
+    assert!(
+        p.status == 200 || outcome(&p) == (400, json!("key_revoked"), json!("id")),
+        "{}",
+        p.body
+    );
+    assert!(
+        r.status == 201 || outcome(&r) == (400, json!("key_revoked"), json!("id")),
+        "{}",
+        r.body
+    );
     let rec = a.http().await.get(&path, Some(caller)).await.json();
     assert!(rec["revoked_at"].is_string());
     let patch_applied = rec["name"] == "patched" && rec["scopes"] == json!(["tasks.read"]);
     assert_eq!(patch_applied, p.status == 200, "PATCH {} but the record is {rec}", p.status);
     if p.status != 200 {
-        assert_eq!((rec["name"].clone(), rec["scopes"].clone()), (json!("test"), json!(["tasks.read", "agents.read"])));
+        assert_eq!(
+            (rec["name"].clone(), rec["scopes"].clone()),
+            (json!("test"), json!(["tasks.read", "agents.read"]))
+        );
     }
     // The rotation's secret is in the record exactly when it answered 201 (a lost secret
     // would be `invalid_api_key`; a revoked key's secret answers `revoked_api_key`).
