@@ -190,7 +190,7 @@ async fn a_confirmed_control_message_waits_for_every_handler() {
     let started = std::time::Instant::now();
     memory.publish_control_confirmed(&msg).await.unwrap();
     assert!(started.elapsed() >= held, "returned before the handler was done");
-    assert_eq!(rec.lines(), [want.clone()]);
+    assert_eq!(rec.lines(), std::slice::from_ref(&want));
 
     let redis = RedisServer::start().await;
     let node = |hold| {
@@ -210,7 +210,7 @@ async fn a_confirmed_control_message_waits_for_every_handler() {
     let started = std::time::Instant::now();
     a.publish_control_confirmed(&msg).await.unwrap();
     let took = started.elapsed();
-    assert_eq!(on_b.lines(), [want.clone()], "the other node handled it before the return");
+    assert_eq!(on_b.lines(), std::slice::from_ref(&want), "the other node handled it first");
     assert_eq!(on_a.lines(), [want], "applied on the publishing node once");
     assert!(took >= held, "returned {took:?} after publishing, before B's handler was done");
     assert!(took < miteos_stream::broker::redis::CONFIRM_WITHIN, "{took:?}: waited for nobody");
