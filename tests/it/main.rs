@@ -10,6 +10,7 @@ mod api_keys;
 mod binary;
 mod broker_conformance;
 mod browser_keys;
+mod cli_update;
 mod config_file;
 mod http_admin;
 mod ip_allowlist;

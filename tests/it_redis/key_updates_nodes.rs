@@ -168,3 +168,55 @@ async fn a_patch_while_the_other_node_hears_nothing_answers_once_it_distrusts_it
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// `keys update` from the CLI in Redis mode reaches a running node's streams.
+#[tokio::test]
+async fn a_cli_update_reaches_a_running_nodes_streams() {
+    use crate::support::bin::{run, Served};
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let dir = tempfile::tempdir().unwrap();
+    let mut served = Served::start(dir.path(), &[("MITEOS_REDIS_URL", url.as_str())]).await;
+    let cli = tempfile::tempdir().unwrap();
+    let create = [
+        "--redis-url",
+        &url,
+        "keys",
+        "create",
+        "--account",
+        "acct_cli",
+        "--env",
+        "live",
+        "--name",
+        "n",
+        "--scopes",
+        "tasks.read,agents.read",
+    ];
+    let (code, out, err) = run(cli.path(), &create).await;
+    assert_eq!(code, 0, "{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (token, id) = (created["key"].as_str().unwrap(), created["id"].as_str().unwrap());
+    let mut http = crate::support::http::HttpClient::connect(served.addr).await;
+    let mut ready = false;
+    for _ in 0..500 {
+        if http.get("/readyz", None).await.status == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ready, "the node never became ready:\n{}", served.output());
+    let (mut c, _) =
+        WsClient::authed(&format!("ws://{}/v1/ws?token={token}", served.addr), token).await;
+    let update = ["--redis-url", &url, "keys", "update", id, "--scopes", "tasks.read"];
+    let (code, out, err) = run(cli.path(), &update).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"scopes\":[\"tasks.read\"]"), "{out}");
+    let m = c.recv().await;
+    assert_eq!(
+        (m["channels"].clone(), m["reason"].clone()),
+        (json!(["agents"]), json!("scope_removed"))
+    );
+    served.signal_term();
+    assert_eq!(served.wait().await, 0);
+}
