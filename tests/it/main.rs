@@ -30,6 +30,7 @@ mod redis_flood;
 mod redis_mode;
 mod redis_outage;
 mod rotation_bounds;
+mod scope_diffs;
 mod slow_bodies;
 mod starvation;
 mod store_faults;

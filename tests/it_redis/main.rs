@@ -26,6 +26,8 @@ mod key_updates;
 mod key_updates_nodes;
 #[path = "../it/protection.rs"]
 mod protection;
+#[path = "../it/scope_diffs.rs"]
+mod scope_diffs;
 #[path = "../it/ticket_scopes.rs"]
 mod ticket_scopes;
 #[path = "../it/tickets.rs"]
