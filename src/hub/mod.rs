@@ -5,9 +5,12 @@
 //! per-channel lock); the last one leaving dissolves the channel after `UNSUBSCRIBE_DELAY`,
 //! so churn does not flap broker subscriptions (`channels`). Incoming deliveries are
 //! handled in `deliver`; control messages are handed to the handler `control.rs` installs.
+//! Each session carries its `Grant` (what it may read now, when it must close); `regrant`
+//! changes grants as `control` decides and nudges the sessions to apply them.
 //!
-//! Owns: `channels`, `sessions`, the tombstones of revoked keys and retired secrets, the
-//! dispatch loop.  May use: broker (traits), outbox, protocol, metrics.  Never: await or do
+//! Owns: `channels`, `sessions` and their grants, the tombstones of revoked keys, retired
+//! secrets and updated keys, the dispatch loop.  May use: broker (traits), outbox, protocol,
+//! scope, metrics.  Never: await or do
 //! I/O inside `deliver`; hold a map guard across `.await`; know what a control message means.
 //! Invariants: per channel, events are pushed to every Outbox in the order `deliver` saw them.
 

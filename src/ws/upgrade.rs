@@ -1,7 +1,7 @@
 //! `GET /v1/ws`: every check that can refuse a connection runs before the upgrade (SPEC §4.1),
 //! then the 101 is returned and the session is spawned on the node's task tracker.
 //!
-//! Owns: the order of pre-upgrade checks.  May use: state, auth, error, session.
+//! Owns: the order of pre-upgrade checks.  May use: state, auth, error, scope, session.
 //! Never: upgrade a request that failed a check.
 
 use std::{net::IpAddr, sync::Arc};

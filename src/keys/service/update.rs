@@ -1,10 +1,11 @@
 //! Updating a key in place (SPEC §8): its name, scopes, IP allowlist or expiry. The change
 //! is decided on the freshest record inside `KeyStore::modify`, so it is atomic against a
 //! concurrent rotate, revoke or update (no lost update), and announced *confirmed*: when the
-//! call returns, every node has evicted its cached copy; each re-applies the record to the
-//! key's open streams (`control`).
+//! call returns, every node has evicted its cached copy and applied the record to the key's
+//! open streams (`control`).
 //!
-//! May use: the parent module.
+//! May use: the parent module, keys, auth's `Principal`, broker (ControlMessage), error,
+//! scope.
 
 use std::sync::Arc;
 
