@@ -1,7 +1,8 @@
 //! Authentication: from a presented credential and client address to a `Principal`.
 //!
 //! Owns: the order of checks (format → store → revoked → expired → IP allowlist) and the
-//! error each failure becomes.  May use: keys, token, scope, metrics.
+//! `AuthError` each failure is (the HTTP edge answers it).  May use: keys, tickets, token,
+//! scope, ids, rate_limit, metrics.
 //! Never: log a credential. Invariants: a malformed token never reaches the store.
 
 use std::{net::IpAddr, sync::Arc, time::Instant};
@@ -10,12 +11,12 @@ use dashmap::DashMap;
 use time::OffsetDateTime;
 
 use crate::{
-    error::ApiError,
-    ids::{AccountId, KeyId},
-    keys::{cache::KeyCache, KeyRecord, KeyStore},
+    ids::KeyId,
+    keys::StoreError,
+    keys::{cache::KeyCache, KeyRecord, KeyStore, Principal},
     metrics::Metrics,
-    rate_limit::Limits,
-    scope::{Environment, Scope, ScopeSet},
+    rate_limit::{Limited, Limits},
+    scope::{Scope, ScopeSet},
     tickets::{TicketRecord, TicketStore},
     token::{Token, TokenHash, TokenKind},
 };
@@ -23,22 +24,53 @@ use crate::{
 /// `last_used_at` is written at most this often per key.
 const TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Who is calling: the key's identity and permissions, as of authentication.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub key_id: KeyId,
-    pub account: AccountId,
-    pub environment: Environment,
-    pub scopes: ScopeSet,
-    /// Hash of the secret that was presented (a key has two during a rotation's grace).
-    pub secret: TokenHash,
-    /// When this credential stops working: the key's expiry or the secret's retirement.
-    pub expires_at: Option<OffsetDateTime>,
+/// Why a credential was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("no API key presented")]
+    Missing,
+    #[error("invalid API key")]
+    Invalid,
+    #[error("invalid, expired or already used ticket")]
+    InvalidTicket,
+    #[error("the key is revoked")]
+    Revoked,
+    #[error("the key (or this secret of it) has expired")]
+    Expired,
+    #[error("the client address is outside the key's IP allowlist")]
+    IpNotAllowed,
+    /// The client's address is locked out after too many failures (checked first).
+    #[error(transparent)]
+    LockedOut(#[from] Limited),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
-impl Principal {
-    pub fn has(&self, scope: Scope) -> bool {
-        self.scopes.contains(scope)
+impl AuthError {
+    /// The label of `miteos_auth_failures_total`: the code of the API error the edge answers
+    /// with (a test at the edge keeps the two equal).
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing_api_key",
+            AuthError::Invalid | AuthError::InvalidTicket => "invalid_api_key",
+            AuthError::Revoked => "revoked_api_key",
+            AuthError::Expired => "expired_api_key",
+            AuthError::IpNotAllowed => "ip_not_allowed",
+            AuthError::LockedOut(_) => "rate_limited",
+            AuthError::Store(e) => match e {
+                StoreError::NotFound => "resource_missing",
+                StoreError::Revoked => "key_revoked",
+                StoreError::Unavailable(_) | StoreError::Contended => "store_unavailable",
+                StoreError::RedisDown(_) | StoreError::NotAnnounced(_) => "broker_unavailable",
+                StoreError::Locked(_) | StoreError::Corrupt(_) => "internal_error",
+            },
+        }
+    }
+
+    /// Whether the failure spends the client's budget of failed authentications: a bad
+    /// credential or address does, a lock-out or a store outage does not.
+    fn spends_budget(&self) -> bool {
+        !matches!(self, AuthError::LockedOut(_) | AuthError::Store(_))
     }
 }
 
@@ -72,7 +104,7 @@ impl Authenticator {
         &self,
         credential: Option<&str>,
         client: IpAddr,
-    ) -> Result<Principal, ApiError> {
+    ) -> Result<Principal, AuthError> {
         self.limits.check_ip(client, &self.metrics)?;
         let result = self.check_key(credential, client).await;
         self.count(result, client)
@@ -84,28 +116,28 @@ impl Authenticator {
         &self,
         ticket: &str,
         client: IpAddr,
-    ) -> Result<Principal, ApiError> {
+    ) -> Result<Principal, AuthError> {
         self.limits.check_ip(client, &self.metrics)?;
         let result = self.check_ticket(ticket).await;
         self.count(result, client)
     }
 
     /// Uses the ticket up and returns it: `Ok(None)` if another connection used it first.
-    pub async fn redeem_ticket(&self, ticket: &str) -> Result<Option<TicketRecord>, ApiError> {
-        let (ticket, _env) = Token::parse_kind(ticket, TokenKind::Ticket)
-            .map_err(|_| ApiError::invalid_api_key())?;
+    pub async fn redeem_ticket(&self, ticket: &str) -> Result<Option<TicketRecord>, AuthError> {
+        let (ticket, _env) =
+            Token::parse_kind(ticket, TokenKind::Ticket).map_err(|_| AuthError::Invalid)?;
         Ok(self.tickets.take(&ticket.hash()).await?)
     }
 
     /// Counts a failure by code; authentication failures also spend the client's budget.
     fn count(
         &self,
-        result: Result<Principal, ApiError>,
+        result: Result<Principal, AuthError>,
         client: IpAddr,
-    ) -> Result<Principal, ApiError> {
+    ) -> Result<Principal, AuthError> {
         if let Err(e) = &result {
-            self.metrics.auth_failure(e.code);
-            if e.status == hyper::StatusCode::UNAUTHORIZED || e.code == "ip_not_allowed" {
+            self.metrics.auth_failure(e.code());
+            if e.spends_budget() {
                 self.limits.auth_failed(client);
             }
         }
@@ -116,17 +148,16 @@ impl Authenticator {
         &self,
         credential: Option<&str>,
         client: IpAddr,
-    ) -> Result<Principal, ApiError> {
-        let credential =
-            credential.filter(|c| !c.is_empty()).ok_or_else(ApiError::missing_api_key)?;
-        let (token, _env) = Token::parse(credential).map_err(|_| ApiError::invalid_api_key())?;
+    ) -> Result<Principal, AuthError> {
+        let credential = credential.filter(|c| !c.is_empty()).ok_or(AuthError::Missing)?;
+        let (token, _env) = Token::parse(credential).map_err(|_| AuthError::Invalid)?;
         let hash = token.hash();
         let rec = match self.cache.get(&hash) {
             Some(rec) => rec,
             None => {
                 let generation = self.cache.generation();
                 let rec = self.store.by_hash(&hash).await?;
-                let rec = Arc::new(rec.ok_or_else(ApiError::invalid_api_key)?);
+                let rec = Arc::new(rec.ok_or(AuthError::Invalid)?);
                 self.cache.put(hash, rec.clone(), generation);
                 rec
             }
@@ -138,9 +169,8 @@ impl Authenticator {
 
     /// A ticket's principal: its key as it is now, limited to the ticket's read scopes. The
     /// key's IP allowlist was applied when the ticket was minted, not to the browser.
-    async fn check_ticket(&self, ticket: &str) -> Result<Principal, ApiError> {
-        let invalid =
-            || ApiError::invalid_api_key().with_message("Invalid, expired or already used ticket.");
+    async fn check_ticket(&self, ticket: &str) -> Result<Principal, AuthError> {
+        let invalid = || AuthError::InvalidTicket;
         let (ticket, _env) = Token::parse_kind(ticket, TokenKind::Ticket).map_err(|_| invalid())?;
         let rec = self.tickets.peek(&ticket.hash()).await?.ok_or_else(invalid)?;
         let now = OffsetDateTime::now_utc();
@@ -186,22 +216,21 @@ pub fn principal_for(
     hash: TokenHash,
     peer: Option<IpAddr>,
     now: OffsetDateTime,
-) -> Result<Principal, ApiError> {
-    let secret =
-        rec.secrets.iter().find(|s| s.hash.ct_eq(&hash)).ok_or_else(ApiError::invalid_api_key)?;
+) -> Result<Principal, AuthError> {
+    let secret = rec.secrets.iter().find(|s| s.hash.ct_eq(&hash)).ok_or(AuthError::Invalid)?;
     if rec.revoked_at.is_some() {
-        return Err(ApiError::revoked_api_key());
+        return Err(AuthError::Revoked);
     }
     let expires_at = match (rec.expires_at, secret.retires_at) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
     if expires_at.is_some_and(|t| t <= now) {
-        return Err(ApiError::expired_api_key());
+        return Err(AuthError::Expired);
     }
     if let Some(peer) = peer {
         if !allowed(&rec.ip_allowlist, peer) {
-            return Err(ApiError::ip_not_allowed());
+            return Err(AuthError::IpNotAllowed);
         }
     }
     Ok(Principal {
@@ -243,7 +272,7 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::Secret;
+    use crate::{ids::AccountId, keys::Secret, scope::Environment};
     use time::Duration;
 
     fn record(token: &Token) -> KeyRecord {
@@ -295,18 +324,18 @@ mod tests {
         assert!(principal_for(&rec, t.hash(), sip("::ffff:10.1.2.3"), now).is_ok());
         assert!(principal_for(&rec, t.hash(), sip("2001:db8::1"), now).is_ok());
         assert_eq!(
-            principal_for(&rec, t.hash(), sip("11.0.0.1"), now).unwrap_err().code,
+            principal_for(&rec, t.hash(), sip("11.0.0.1"), now).unwrap_err().code(),
             "ip_not_allowed"
         );
 
         rec.expires_at = Some(now - Duration::seconds(1));
         assert_eq!(
-            principal_for(&rec, t.hash(), sip("10.0.0.1"), now).unwrap_err().code,
+            principal_for(&rec, t.hash(), sip("10.0.0.1"), now).unwrap_err().code(),
             "expired_api_key"
         );
         rec.revoked_at = Some(now);
         assert_eq!(
-            principal_for(&rec, t.hash(), sip("10.0.0.1"), now).unwrap_err().code,
+            principal_for(&rec, t.hash(), sip("10.0.0.1"), now).unwrap_err().code(),
             "revoked_api_key"
         );
     }
@@ -326,12 +355,12 @@ mod tests {
         assert_eq!(principal_for(&rec, new.hash(), sip("1.1.1.1"), now).unwrap().expires_at, None);
         let later = now + Duration::seconds(31);
         assert_eq!(
-            principal_for(&rec, old.hash(), sip("1.1.1.1"), later).unwrap_err().code,
+            principal_for(&rec, old.hash(), sip("1.1.1.1"), later).unwrap_err().code(),
             "expired_api_key"
         );
         let other = Token::generate(Environment::Live);
         assert_eq!(
-            principal_for(&rec, other.hash(), sip("1.1.1.1"), now).unwrap_err().code,
+            principal_for(&rec, other.hash(), sip("1.1.1.1"), now).unwrap_err().code(),
             "invalid_api_key"
         );
     }

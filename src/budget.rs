@@ -2,12 +2,20 @@
 //! open connections per client IP, upgraded-but-unauthenticated sockets per key and per
 //! account. A taken unit is a `Held` guard; dropping it gives the unit back, and a counter
 //! that reaches zero is removed, so the map holds only keys with something open.
+//! A TCP connection's shares (its listener's permit, its client IP's unit) travel together
+//! as a `ConnPermit`, which the accept loop takes and an upgraded WebSocket keeps.
 //!
-//! Owns: the counting.  May use: dashmap.  Never: block, await.
+//! Owns: the counting and the shares a connection holds.  May use: dashmap, parking_lot,
+//! tokio's semaphore permits.  Never: block, await.
 
-use std::{hash::Hash, sync::Arc};
+use std::{
+    hash::Hash,
+    net::IpAddr,
+    sync::{Arc, OnceLock},
+};
 
 use dashmap::{mapref::entry::Entry, DashMap};
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Counters per key, each at most `cap` (0 = no cap).
 pub struct Budget<K: Hash + Eq + Clone> {
@@ -56,6 +64,45 @@ impl<K: Hash + Eq + Clone> Drop for Held<K> {
                 e.remove();
             }
         }
+    }
+}
+
+/// A TCP connection's share of its listener's budget and of its client IP's. Every request
+/// carries a clone in its extensions, so an upgraded WebSocket keeps them as long as it lives.
+#[derive(Clone)]
+pub struct ConnPermit(Arc<ConnShares>);
+
+struct ConnShares {
+    _connection: OwnedSemaphorePermit,
+    /// The socket peer's share of `max_connections_per_ip` (not taken for a trusted proxy).
+    _peer: Option<Held<IpAddr>>,
+    /// Behind a trusted proxy: the proxied client's share, taken by a WebSocket upgrade.
+    client: OnceLock<Held<IpAddr>>,
+}
+
+impl ConnPermit {
+    pub fn new(connection: OwnedSemaphorePermit, peer: Option<Held<IpAddr>>) -> Self {
+        Self(Arc::new(ConnShares { _connection: connection, _peer: peer, client: OnceLock::new() }))
+    }
+
+    /// Keeps a client's share (a proxied WebSocket's) for as long as this connection.
+    pub fn keep_client(&self, held: Held<IpAddr>) {
+        let _ = self.0.client.set(held);
+    }
+}
+
+/// Behind a trusted proxy: the forwarded client's share for one request, held until the
+/// response is ready; an upgrade takes it out for its WebSocket (`ConnPermit::keep_client`).
+#[derive(Clone)]
+pub struct RequestClient(Arc<parking_lot::Mutex<Option<Held<IpAddr>>>>);
+
+impl RequestClient {
+    pub fn new(held: Held<IpAddr>) -> Self {
+        Self(Arc::new(parking_lot::Mutex::new(Some(held))))
+    }
+
+    pub fn take(&self) -> Option<Held<IpAddr>> {
+        self.0.lock().take()
     }
 }
 

@@ -2,7 +2,8 @@
 //! store the config selects and print JSON on stdout; errors go to stderr.
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 invalid config or usage.
-//! Owns: flags and output formats.  May use: node, config, keys, telemetry.
+//! Owns: flags and output formats.  May use: node, config, keys, keys::service,
+//! broker, broker::codec (publish), ids, scope, shutdown, telemetry.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
@@ -220,7 +221,7 @@ fn show_bootstrap(b: &crate::keys::service::Created) {
 
 async fn keys(command: KeysCommand, config: &Config) -> Result<(), Failure> {
     // In Redis mode revocations and rotations also reach running nodes (control channel).
-    let backends = Backends::build(config)?;
+    let backends = Backends::build_for_command(config)?;
     let service = KeyService::new(backends.store, backends.hub.broker().clone())
         .with_max_previous_secrets(config.rotation_max_previous_secrets);
     match command {
@@ -331,7 +332,8 @@ async fn publish(args: PublishArgs, config: &Config) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Redis mode: PUBLISH the event on its channel, exactly as a backend producer would.
+/// Redis mode: publish the event as a backend producer would (through the history function
+/// when history is on) and print its position as the admin endpoint answers it.
 async fn publish_to_redis(
     args: &PublishArgs,
     data: &serde_json::Value,
@@ -343,14 +345,19 @@ async fn publish_to_redis(
     let channel = crate::broker::ChannelKey::new(args.env, account, topic);
     let raw = serde_json::value::to_raw_value(data)?;
     let (payload, id) = crate::broker::codec::encode(&args.event, None, None, &raw);
-    let backends = Backends::build(config)?;
-    backends
+    let backends = Backends::build_for_command(config)?;
+    let position = backends
         .hub
         .broker()
         .publish(&channel, payload)
         .await
         .map_err(|e| Failure(1, anyhow!("{e}")))?;
-    print_json(&serde_json::json!({"published": true, "id": id, "channel": channel.name()}))
+    let mut answer = serde_json::json!({"published": true, "id": id, "channel": channel.topic});
+    if let Some(p) = position {
+        answer["offset"] = p.offset.into();
+        answer["epoch"] = p.epoch.as_ref().into();
+    }
+    print_json(&answer)
 }
 
 /// One HTTP/1.1 POST with a bearer token; returns status and body text.

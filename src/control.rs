@@ -14,7 +14,8 @@
 //!   the store); it resumes when the subscription is back, before the revalidation.
 //!
 //! Owns: the retiring secrets and their timers, the record reads in flight, the revalidation
-//! pass.  May use: hub, keys (store, cache), broker (ControlMessage), auth (principal_for).
+//! pass.  May use: hub, keys (store, cache, principal), broker (ControlMessage, Done), auth
+//! (principal_for), ids, token, protocol::close, shutdown.
 //! Never: block the Hub; close a stream because its record is missing (data loss is not
 //! revocation).
 

@@ -2,7 +2,10 @@
 //!
 //! # Layout
 //! Layers: L0 pure → L1 adapters → L2 domain → L3 edges → L4 wiring. A module uses lower
-//! layers only; only `node` and `cli` name concrete backends.
+//! layers, its own children and same-layer modules, with no import cycle; only `node` and
+//! `cli` name concrete backends; below L3 nothing returns `ApiError` (the domain's errors
+//! become API errors in `http::domain_errors`). `tests/it/module_graph` checks this against
+//! docs/ARCHITECTURE.md §4 and every module's "May use:" line.
 //!
 //! | module | layer | holds |
 //! |---|---|---|
@@ -10,10 +13,13 @@
 //! | `ids`, `scope`, `token`, `error` | L0 | ids, scopes/topics, the `mt_*_sk_` format, `ApiError` |
 //! | `protocol` (`close`, `filter`) | L0 | WebSocket messages, close codes, event-name globs |
 //! | `broker::codec` | L0 | channel names, producer events → pre-serialised frames |
-//! | `metrics`, `telemetry`, `shutdown`, `outbox`, `budget` | L1 | counters, logging/redaction, drain, per-connection queue, capped per-key counters |
-//! | `keys` (`embedded`) , `broker` (`memory`) | L1 | the `KeyStore` and `Broker` seams and their impls |
-//! | `keys::service`, `auth`, `hub`, `control`, `state` | L2 | key lifecycle, authentication, fan-out registry, control messages and revalidation |
-//! | `server`, `http`, `ws` | L3 | accept loop, routes, WebSocket upgrade and sessions |
+//! | `metrics`, `telemetry`, `shutdown`, `outbox` | L1 | counters, logging/redaction, drain, per-connection queue |
+//! | `budget` | L1 | capped per-key counters; `ConnPermit`, the shares a connection holds |
+//! | `redis_link` | L1 | the shared Redis command connection |
+//! | `keys` (`Principal`, `cache`, `embedded`, `redis`), `broker` (`memory`, `redis`) | L1 | the `KeyStore` and `Broker` seams and their impls; who is calling |
+//! | `keys::service` (`KeyError`), `auth` (`AuthError`), `tickets`, `rate_limit` (`Limited`), `slots` | L2 | key lifecycle, authentication, tickets, quotas, connection caps |
+//! | `hub`, `control`, `state` | L2 | fan-out registry, control messages and revalidation, the shared handles |
+//! | `server`, `conn_io`, `http`, `ws` | L3 | accept loop, the socket under hyper (JSON for its parse errors, lingering close), routes and the domain → `ApiError` mapping, WebSocket upgrade and sessions |
 //! | `node`, `cli` | L4 | wiring and the command line |
 //!
 //! # Data path
@@ -43,6 +49,7 @@ pub mod broker;
 pub mod budget;
 pub mod cli;
 pub mod config;
+pub mod conn_io;
 pub mod control;
 pub mod error;
 pub mod http;
@@ -55,6 +62,7 @@ pub mod outbox;
 pub mod protocol;
 pub mod rate_limit;
 pub mod redis_link;
+pub mod refusals;
 pub mod scope;
 pub mod server;
 pub mod shutdown;

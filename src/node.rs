@@ -10,7 +10,10 @@ use tokio::{net::TcpListener, sync::Semaphore};
 
 use crate::{
     auth::Authenticator,
-    broker::{memory::MemoryBroker, redis::RedisBroker},
+    broker::{
+        memory::MemoryBroker,
+        redis::{self as redis_broker, RedisBroker},
+    },
     budget::Budget,
     config::Config,
     control::Control,
@@ -58,15 +61,28 @@ pub struct Backends {
 }
 
 impl Backends {
-    /// Must run inside a tokio runtime (the Redis broker starts its supervisor task).
+    /// A node's backends. Must run inside a tokio runtime (the Redis broker starts its
+    /// supervisor task).
     pub fn build(config: &Config) -> Result<Self, NodeError> {
+        Self::build_as(config, true)
+    }
+
+    /// A one-shot command's backends (the CLI): in Redis mode it installs the history
+    /// function library only if Redis has none, never over the one the nodes loaded (whose
+    /// settings may differ from the command's config).
+    pub fn build_for_command(config: &Config) -> Result<Self, NodeError> {
+        Self::build_as(config, false)
+    }
+
+    fn build_as(config: &Config, node: bool) -> Result<Self, NodeError> {
         let metrics = Arc::new(Metrics::new());
         let cache = Arc::new(KeyCache::new(config.key_cache_entries, config.key_cache_ttl));
         let max_event_bytes = config.max_event_bytes;
         let queue_bytes = config.max_broker_queue_bytes;
         let Some(url) = &config.redis_url else {
-            let hub = Hub::new(metrics.clone(), |handler| {
-                Arc::new(MemoryBroker::new(handler, max_event_bytes))
+            let (size, ttl) = (config.history_size, config.history_ttl);
+            let hub = Hub::new(metrics.clone(), size, |handler| {
+                Arc::new(MemoryBroker::new(handler, max_event_bytes, size, ttl))
             });
             return Ok(Self {
                 store: Arc::new(EmbeddedKeyStore::open(&config.data_dir)?),
@@ -81,8 +97,15 @@ impl Backends {
         cache.suspend();
         let link = Arc::new(RedisLink::new(url).map_err(|e| NodeError::Redis(e.to_string()))?);
         let broker_link = link.clone();
-        let hub = Hub::new(metrics.clone(), move |handler| {
-            Arc::new(RedisBroker::start(broker_link, handler, max_event_bytes, queue_bytes))
+        let settings = redis_broker::Settings {
+            max_event_bytes,
+            max_queued_bytes: queue_bytes,
+            history_size: config.history_size,
+            history_ttl: config.history_ttl,
+            install_library: node,
+        };
+        let hub = Hub::new(metrics.clone(), config.history_size, move |handler| {
+            Arc::new(RedisBroker::start(broker_link, handler, settings))
         });
         Ok(Self {
             store: Arc::new(RedisKeyStore::new(link.clone())),

@@ -13,6 +13,7 @@ use std::{
         OnceLock,
     },
     task::Waker,
+    time::Instant,
 };
 
 use futures::task::AtomicWaker;
@@ -34,9 +35,25 @@ pub enum Push {
     Closed,
 }
 
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<Utf8Bytes>,
+    /// When the oldest queued event frame was received from the broker.
+    oldest_event: Option<Instant>,
+    /// While a session catches up (resume), live event frames wait here, after the replies
+    /// and missed events it queues meanwhile (boxed: an idle connection pays one pointer).
+    held: Option<Box<Held>>,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    frames: VecDeque<Utf8Bytes>,
+    oldest_event: Option<Instant>,
+}
+
 #[derive(Debug)]
 pub struct Outbox {
-    queue: Mutex<VecDeque<Utf8Bytes>>,
+    queue: Mutex<Queue>,
     /// At most `u32::MAX` frames (u32 so the retired flag fits beside it).
     capacity: u32,
     waker: AtomicWaker,
@@ -51,7 +68,7 @@ pub struct Outbox {
 impl Outbox {
     pub fn new(capacity: usize) -> Self {
         Self {
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
             capacity: u32::try_from(capacity).unwrap_or(u32::MAX).max(1),
             waker: AtomicWaker::new(),
             close: OnceLock::new(),
@@ -60,8 +77,42 @@ impl Outbox {
         }
     }
 
-    /// Queues a frame without waiting. Wakes the writer when the queue was empty.
+    /// Queues a reply frame without waiting. Wakes the writer when the queue was empty.
     pub fn push(&self, frame: Utf8Bytes) -> Push {
+        self.push_at(frame, None, false)
+    }
+
+    /// Queues a live event frame the broker handed this node at `received` (behind the
+    /// catch-up while the outbox is held).
+    pub fn push_event(&self, frame: Utf8Bytes, received: Instant) -> Push {
+        self.push_at(frame, Some(received), true)
+    }
+
+    /// Queues an event frame read from history for a resume: ahead of held live events.
+    pub fn push_missed(&self, frame: Utf8Bytes, received: Instant) -> Push {
+        self.push_at(frame, Some(received), false)
+    }
+
+    /// From now until `release`, live event frames wait behind what the session queues.
+    pub fn hold(&self) {
+        self.queue.lock().held.get_or_insert_with(Box::default);
+    }
+
+    /// Queues the held live events after everything queued so far, and stops holding.
+    pub fn release(&self) {
+        let mut q = self.queue.lock();
+        let Some(held) = q.held.take() else { return };
+        let was_empty = q.frames.is_empty();
+        q.frames.extend(held.frames);
+        q.oldest_event = q.oldest_event.or(held.oldest_event);
+        let wake = was_empty && !q.frames.is_empty();
+        drop(q);
+        if wake {
+            self.waker.wake();
+        }
+    }
+
+    fn push_at(&self, frame: Utf8Bytes, received: Option<Instant>, live: bool) -> Push {
         if self.close.get().is_some() {
             return Push::Closed;
         }
@@ -70,11 +121,20 @@ impl Outbox {
         if self.is_retired() {
             return Push::Closed;
         }
-        if q.len() >= self.capacity as usize {
+        let held_len = q.held.as_ref().map_or(0, |h| h.frames.len());
+        if q.frames.len() + held_len >= self.capacity as usize {
             return Push::Full;
         }
-        q.push_back(frame);
-        let was_empty = q.len() == 1;
+        if let (true, Some(held)) = (live && received.is_some(), q.held.as_mut()) {
+            held.frames.push_back(frame);
+            held.oldest_event = held.oldest_event.or(received);
+            return Push::Queued;
+        }
+        q.frames.push_back(frame);
+        if q.oldest_event.is_none() {
+            q.oldest_event = received;
+        }
+        let was_empty = q.frames.len() == 1;
         drop(q);
         if was_empty {
             self.waker.wake();
@@ -104,7 +164,7 @@ impl Outbox {
     /// Marks the session as ended and frees the queue; every later push is `Closed`.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);
-        *self.queue.lock() = VecDeque::new();
+        *self.queue.lock() = Queue::default();
     }
 
     pub fn is_retired(&self) -> bool {
@@ -122,33 +182,34 @@ impl Outbox {
     }
 
     /// Moves every queued frame to the back of `out` (swapping buffers when `out` is empty,
-    /// so steady traffic allocates nothing). Returns how many frames moved.
-    pub fn take_into(&self, out: &mut VecDeque<Utf8Bytes>) -> usize {
+    /// so steady traffic allocates nothing). Returns how many frames moved and when the
+    /// oldest event among them was received.
+    pub fn take_into(&self, out: &mut VecDeque<Utf8Bytes>) -> (usize, Option<Instant>) {
         let mut q = self.queue.lock();
-        let n = q.len();
+        let n = q.frames.len();
         if n == 0 {
-            return 0;
+            return (0, None);
         }
         if out.is_empty() {
-            std::mem::swap(&mut *q, out);
+            std::mem::swap(&mut q.frames, out);
         } else {
-            out.extend(q.drain(..));
+            out.extend(q.frames.drain(..));
         }
-        n
+        (n, q.oldest_event.take())
     }
 
     /// Gives back the queue's memory if a burst left it large and it is empty now (called
     /// when the connection is quiet, not per batch, so steady traffic reuses its buffers).
     pub fn trim(&self) {
         let mut q = self.queue.lock();
-        if q.is_empty() && q.capacity() > RETAINED_SLOTS {
-            *q = VecDeque::new();
+        if q.frames.is_empty() && q.frames.capacity() > RETAINED_SLOTS {
+            q.frames = VecDeque::new();
         }
     }
 
     /// Frames queued right now (for tests and metrics).
     pub fn len(&self) -> usize {
-        self.queue.lock().len()
+        self.queue.lock().frames.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -189,7 +250,7 @@ mod tests {
         assert_eq!(o.push("c".into()), Push::Full);
         assert_eq!(o.close_requested(), None);
         let mut out = VecDeque::new();
-        assert_eq!(o.take_into(&mut out), 2);
+        assert_eq!(o.take_into(&mut out).0, 2);
         assert_eq!(out.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(o.push("d".into()), Push::Queued);
     }
@@ -238,5 +299,39 @@ mod tests {
         o.take_into(&mut out);
         assert_eq!(out.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["0", "1", "2"]);
         assert!(o.is_empty());
+    }
+
+    #[test]
+    fn take_reports_when_the_oldest_queued_event_arrived() {
+        let o = Outbox::new(8);
+        let (t1, t2) = (Instant::now(), Instant::now() + std::time::Duration::from_millis(5));
+        o.push("reply".into());
+        o.push_event("e1".into(), t1);
+        o.push_event("e2".into(), t2);
+        let mut out = VecDeque::new();
+        assert_eq!(o.take_into(&mut out), (3, Some(t1)));
+        o.push("reply".into());
+        assert_eq!(o.take_into(&mut out), (1, None));
+        o.push_event("e3".into(), t2);
+        assert_eq!(o.take_into(&mut out), (1, Some(t2)));
+    }
+
+    #[test]
+    fn while_held_live_events_wait_behind_replies_and_missed_events() {
+        let o = Outbox::new(4);
+        let t = Instant::now();
+        o.hold();
+        assert_eq!(o.push_event("live1".into(), t), Push::Queued);
+        assert_eq!(o.push("reply".into()), Push::Queued);
+        assert_eq!(o.push_missed("missed".into(), t), Push::Queued);
+        assert_eq!(o.push_event("live2".into(), t), Push::Queued);
+        assert_eq!(o.push_event("over".into(), t), Push::Full, "held frames count too");
+        o.release();
+        let mut out = VecDeque::new();
+        o.take_into(&mut out);
+        let got: Vec<&str> = out.iter().map(|f| f.as_str()).collect();
+        assert_eq!(got, ["reply", "missed", "live1", "live2"]);
+        assert_eq!(o.push_event("live3".into(), t), Push::Queued);
+        assert_eq!(o.len(), 1, "released: live events are queued directly again");
     }
 }

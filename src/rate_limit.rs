@@ -2,7 +2,7 @@
 //! and the per-connection client-message limiter (4008). Keyed state is pruned periodically
 //! so a flood from many addresses cannot grow memory without bound.
 //!
-//! Owns: quotas and lock-outs.  May use: governor, config, error, metrics.
+//! Owns: quotas and lock-outs.  May use: governor, config, ids, metrics.
 //! Never: look up a key (refusals here happen before any store access).
 
 use std::{
@@ -17,7 +17,30 @@ use governor::{
     DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter,
 };
 
-use crate::{config::Config, error::ApiError, ids::KeyId, metrics::Metrics};
+use crate::{config::Config, ids::KeyId, metrics::Metrics};
+
+/// A refusal by one of the quotas, with how long until it lets the caller through again.
+/// The HTTP edge answers it with a 429 and `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Limited {
+    /// The client's address used up its budget of failed authentications.
+    #[error("too many failed authentications from this address; retry in {retry_after} s")]
+    AuthFailures { retry_after: u64 },
+    /// The key opens connections faster than `new_connections_per_key_per_second`.
+    #[error("this key opens connections too fast; retry in {retry_after} s")]
+    NewConnections { retry_after: u64 },
+}
+
+impl Limited {
+    /// Whole seconds until a retry can succeed (at least 1).
+    pub fn retry_after(self) -> u64 {
+        match self {
+            Limited::AuthFailures { retry_after } | Limited::NewConnections { retry_after } => {
+                retry_after.max(1)
+            }
+        }
+    }
+}
 
 pub struct Limits {
     auth_failures: Option<DefaultKeyedRateLimiter<IpAddr>>,
@@ -71,7 +94,7 @@ impl Limits {
     }
 
     /// 429 while `ip` is locked out after too many failed authentications.
-    pub fn check_ip(&self, ip: IpAddr, metrics: &Metrics) -> Result<(), ApiError> {
+    pub fn check_ip(&self, ip: IpAddr, metrics: &Metrics) -> Result<(), Limited> {
         let ip = client_block(ip);
         let Some(until) = self.locked_out.get(&ip).map(|t| *t) else { return Ok(()) };
         let now = Instant::now();
@@ -80,8 +103,7 @@ impl Limits {
             return Ok(());
         }
         metrics.rate_limited("auth_failures");
-        Err(ApiError::rate_limited(retry_after(until - now))
-            .with_message("Too many failed authentications from this address; retry later."))
+        Err(Limited::AuthFailures { retry_after: retry_after(until - now) })
     }
 
     /// Counts a failed authentication from `ip`; past the budget the IP is locked out.
@@ -95,13 +117,12 @@ impl Limits {
     }
 
     /// 429 when `key` opens connections faster than its per-second quota.
-    pub fn check_new_connection(&self, key: &KeyId, metrics: &Metrics) -> Result<(), ApiError> {
+    pub fn check_new_connection(&self, key: &KeyId, metrics: &Metrics) -> Result<(), Limited> {
         let Some(limiter) = &self.new_connections else { return Ok(()) };
         limiter.check_key(key).map_err(|not_until| {
             metrics.rate_limited("new_connections_per_key");
             let wait = not_until.wait_time_from(self.clock.now());
-            ApiError::rate_limited(retry_after(wait))
-                .with_message("This key opens connections too fast; retry later.")
+            Limited::NewConnections { retry_after: retry_after(wait) }
         })
     }
 
@@ -155,8 +176,7 @@ mod tests {
         }
         l.auth_failed(bad); // the sixth failure exceeds the budget
         let e = l.check_ip(bad, &m).unwrap_err();
-        assert_eq!((e.status.as_u16(), e.code), (429, "rate_limited"));
-        assert!(e.retry_after_secs.unwrap() >= 1);
+        assert!(matches!(e, Limited::AuthFailures { retry_after } if retry_after >= 1), "{e:?}");
         assert!(l.check_ip(good, &m).is_ok());
         assert!(m.render().contains("miteos_rate_limited_total{limit=\"auth_failures\"} 1"));
     }
@@ -204,7 +224,10 @@ mod tests {
         for _ in 0..3 {
             assert!(l.check_new_connection(&a, &m).is_ok());
         }
-        assert_eq!(l.check_new_connection(&a, &m).unwrap_err().code, "rate_limited");
+        assert!(matches!(
+            l.check_new_connection(&a, &m).unwrap_err(),
+            Limited::NewConnections { .. }
+        ));
         assert!(l.check_new_connection(&b, &m).is_ok());
     }
 

@@ -1,12 +1,13 @@
 //! The accept loop: one task per TCP connection on the node's tracker, served by hyper's
-//! HTTP/1 with upgrades and a header-read timeout; stops accepting on shutdown and lets
+//! HTTP/1 with upgrades and a header-read timeout, over a `ConnIo` (JSON bodies for hyper's
+//! own parse-error answers, lingering close); stops accepting on shutdown and lets
 //! in-flight requests finish (`graceful_shutdown`). Upgraded sockets are not hyper's any
 //! more: sessions are closed through the Hub. A client's share of `max_connections_per_ip`
 //! (IPv6: per /64) is taken per connection, or, on a trusted proxy's connections, per
 //! request for the client it forwards (an upgrade keeps that share for the WebSocket).
 //!
-//! Owns: sockets until they are upgraded.  May use: http (router, client_ip), budget,
-//! rate_limit (client blocks), shutdown, config.
+//! Owns: sockets until they are upgraded.  May use: state, http (router, client_ip), conn_io,
+//! budget, rate_limit (client blocks), auth (`canonical`), error, shutdown, config, refusals.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -19,14 +20,15 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::AsyncWriteExt,
     net::{TcpListener, TcpSocket},
-    sync::OwnedSemaphorePermit,
 };
 
 use crate::{
-    budget,
+    budget::{ConnPermit, RequestClient},
+    conn_io::ConnIo,
     error::ApiError,
     http::{client_ip::client_ip, route, Listener},
     rate_limit::client_block,
+    refusals::{self, Refused},
     state::AppState,
 };
 
@@ -66,37 +68,6 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, which: Listener)
     }
 }
 
-/// A TCP connection's share of its listener's budget and of its client IP's. Every request
-/// carries a clone in its extensions, so an upgraded WebSocket keeps them as long as it lives.
-#[derive(Clone)]
-pub struct ConnPermit(Arc<Held>);
-
-struct Held {
-    _connection: OwnedSemaphorePermit,
-    /// The socket peer's share of `max_connections_per_ip` (not taken for a trusted proxy).
-    _peer: Option<budget::Held<IpAddr>>,
-    /// Behind a trusted proxy: the proxied client's share, taken by a WebSocket upgrade.
-    client: std::sync::OnceLock<budget::Held<IpAddr>>,
-}
-
-impl ConnPermit {
-    /// Keeps a client's share (a proxied WebSocket's) for as long as this connection.
-    pub fn keep_client(&self, held: budget::Held<IpAddr>) {
-        let _ = self.0.client.set(held);
-    }
-}
-
-/// Behind a trusted proxy: the forwarded client's share for one request, held until the
-/// response is ready; an upgrade takes it out for its WebSocket (`ConnPermit::keep_client`).
-#[derive(Clone)]
-pub struct RequestClient(Arc<parking_lot::Mutex<Option<budget::Held<IpAddr>>>>);
-
-impl RequestClient {
-    pub fn take(&self) -> Option<budget::Held<IpAddr>> {
-        self.0.lock().take()
-    }
-}
-
 /// Takes the listener's and the peer's share for a new connection, or counts why not.
 fn admit(state: &AppState, which: Listener, peer: IpAddr) -> Option<ConnPermit> {
     let (permits, limit) = match which {
@@ -105,6 +76,7 @@ fn admit(state: &AppState, which: Listener, peer: IpAddr) -> Option<ConnPermit> 
     };
     let Ok(connection) = permits.clone().try_acquire_owned() else {
         state.metrics.rate_limited(limit);
+        refusals::refused(Refused::Connection, limit, peer, None);
         return None;
     };
     let peer = crate::auth::canonical(peer);
@@ -114,16 +86,13 @@ fn admit(state: &AppState, which: Listener, peer: IpAddr) -> Option<ConnPermit> 
             Some(h) => Some(h),
             None => {
                 state.metrics.rate_limited("connections_per_ip");
+                refusals::refused(Refused::Connection, "connections_per_ip", peer, None);
                 return None;
             }
         },
         _ => None,
     };
-    Some(ConnPermit(Arc::new(Held {
-        _connection: connection,
-        _peer: peer_share,
-        client: std::sync::OnceLock::new(),
-    })))
+    Some(ConnPermit::new(connection, peer_share))
 }
 
 /// Answers a connection over `max_connections` with a 503 and closes it (within a second).
@@ -154,7 +123,7 @@ fn forwarded_client(
         return Ok(None);
     }
     match state.per_ip.try_take(client_block(client)) {
-        Some(held) => Ok(Some(RequestClient(Arc::new(parking_lot::Mutex::new(Some(held)))))),
+        Some(held) => Ok(Some(RequestClient::new(held))),
         None => {
             state.metrics.rate_limited("connections_per_ip");
             Err(ApiError::rate_limited(1)
@@ -207,7 +176,7 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout)
         .max_buf_size(cfg.max_header_bytes)
-        .serve_connection(TokioIo::new(stream), svc)
+        .serve_connection(TokioIo::new(ConnIo::new(stream, cfg.max_header_bytes)), svc)
         .with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {

@@ -5,7 +5,8 @@
 //! (`mt:conns:key:{id}`, `mt:conns:acct:{account}`), scored with an expiry that each node
 //! refreshes for its live sessions, so a crashed node's slots lapse on their own.
 //!
-//! Owns: slot accounting.  May use: ids, redis_link.  Never: close sockets (callers do: 4029).
+//! Owns: slot accounting.  May use: ids, keys (`StoreError`), redis_link.
+//! Never: close sockets (callers do: 4029).
 
 use std::{
     sync::{Arc, Weak},

@@ -9,7 +9,8 @@
 //! A ticket is validated (`peek`) before the upgrade and consumed (`take`) only when the
 //! upgrade is committed, so a refused upgrade does not burn it.
 //!
-//! Owns: `TicketStore` and the in-process implementation.  May use: token, ids, dashmap.
+//! Owns: `TicketStore` and the in-process implementation.  May use: keys (`Principal`,
+//! `StoreError`), token, ids, scope, redis_link, dashmap.
 //! Invariants: `take` hands a ticket out at most once.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,8 +19,8 @@ use dashmap::DashMap;
 use time::OffsetDateTime;
 
 use crate::{
-    auth::Principal,
     ids::KeyId,
+    keys::Principal,
     keys::StoreError,
     token::{Token, TokenHash, TokenKind},
 };

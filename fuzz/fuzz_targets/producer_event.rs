@@ -5,7 +5,7 @@ use libfuzzer_sys::fuzz_target;
 use miteos_stream::{broker::codec::decode, scope::Topic};
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(e) = decode(Topic::Tasks, data, 64 * 1024) {
+    if let Ok(e) = decode(Topic::Tasks, data, 64 * 1024, std::time::Instant::now()) {
         assert!(serde_json::from_str::<serde::de::IgnoredAny>(e.frame.as_str()).is_ok());
     }
 });

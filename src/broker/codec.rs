@@ -60,11 +60,18 @@ impl fmt::Display for ChannelKey {
     }
 }
 
-/// One event ready for fan-out: its name (for filters) and its client frame.
+/// One event ready for fan-out: its name (for filters), its client frame and, when it came
+/// through history, its position.
 #[derive(Debug)]
 pub struct Event {
     pub name: Box<str>,
     pub frame: Utf8Bytes,
+    /// Its offset in its channel, and the epoch that offset belongs to (`None` for an event
+    /// published around the history, SPEC §5).
+    pub offset: Option<u64>,
+    pub epoch: Option<Arc<str>>,
+    /// When this node received it from the broker (for the delivery-latency histogram).
+    pub received: std::time::Instant,
 }
 
 /// Why a producer message was dropped.
@@ -87,6 +94,11 @@ struct Producer<'a> {
     created_at: Option<String>,
     #[serde(default, borrow)]
     data: Option<&'a RawValue>,
+    /// Set by the history's publish function, never by producers themselves.
+    #[serde(default)]
+    offset: Option<u64>,
+    #[serde(default)]
+    epoch: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -97,6 +109,8 @@ struct ClientFrame<'a> {
     event: &'a str,
     id: &'a str,
     created_at: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
     data: &'a RawValue,
 }
 
@@ -112,8 +126,26 @@ pub fn now_rfc3339() -> String {
     now.format(&Rfc3339).unwrap_or_default()
 }
 
-/// Validates a producer message and builds its client frame (filling `id`/`created_at`).
-pub fn decode(topic: Topic, payload: &[u8], max_bytes: usize) -> Result<Arc<Event>, DecodeError> {
+/// Validates a producer message and builds its client frame (filling `id`/`created_at`);
+/// `received` is when the broker handed it to this node.
+pub fn decode(
+    topic: Topic,
+    payload: &[u8],
+    max_bytes: usize,
+    received: std::time::Instant,
+) -> Result<Arc<Event>, DecodeError> {
+    decode_at(topic, payload, max_bytes, received, None)
+}
+
+/// `decode`, with the position `at` given by the caller instead of read from the message
+/// (the in-process history numbers events as it publishes them).
+pub fn decode_at(
+    topic: Topic,
+    payload: &[u8],
+    max_bytes: usize,
+    received: std::time::Instant,
+    at: Option<(u64, Arc<str>)>,
+) -> Result<Arc<Event>, DecodeError> {
     if payload.len() > max_bytes {
         return Err(DecodeError::TooLarge { limit: max_bytes });
     }
@@ -122,6 +154,12 @@ pub fn decode(topic: Topic, payload: &[u8], max_bytes: usize) -> Result<Arc<Even
     if p.event.is_empty() || p.event.len() > 256 {
         return Err(DecodeError::BadEventName);
     }
+    let (offset, epoch) = match (at, p.offset, p.epoch) {
+        (Some((o, e)), _, _) => (Some(o), Some(e)),
+        (None, Some(o), Some(e)) if o > 0 && !e.is_empty() => (Some(o), Some(Arc::from(e))),
+        (None, None, None) => (None, None),
+        _ => return Err(DecodeError::Malformed("`offset` and `epoch` go together".into())),
+    };
     let id = p.id.unwrap_or_else(new_event_id);
     let created_at = p.created_at.unwrap_or_else(now_rfc3339);
     let empty: &RawValue = &EMPTY_OBJECT;
@@ -131,10 +169,17 @@ pub fn decode(topic: Topic, payload: &[u8], max_bytes: usize) -> Result<Arc<Even
         event: &p.event,
         id: &id,
         created_at: &created_at,
+        offset,
         data: p.data.unwrap_or(empty),
     };
     let text = serde_json::to_string(&frame).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    Ok(Arc::new(Event { name: p.event.into_boxed_str(), frame: Utf8Bytes::from(text) }))
+    Ok(Arc::new(Event {
+        name: p.event.into_boxed_str(),
+        frame: Utf8Bytes::from(text),
+        offset,
+        epoch,
+        received,
+    }))
 }
 
 /// The producer message for one event, with `id` and `created_at` filled in now, so every
@@ -162,6 +207,10 @@ pub fn encode(
 mod tests {
     use super::*;
 
+    fn decode_now(topic: Topic, payload: &[u8], max: usize) -> Result<Arc<Event>, DecodeError> {
+        decode(topic, payload, max, std::time::Instant::now())
+    }
+
     fn acct(s: &str) -> AccountId {
         AccountId::parse(s).unwrap()
     }
@@ -185,8 +234,8 @@ mod tests {
 
     #[test]
     fn decode_builds_the_client_frame_and_fills_ids() {
-        let e =
-            decode(Topic::Tasks, br#"{"event":"task.completed","data":{"n":1}}"#, 1024).unwrap();
+        let e = decode_now(Topic::Tasks, br#"{"event":"task.completed","data":{"n":1}}"#, 1024)
+            .unwrap();
         assert_eq!(&*e.name, "task.completed");
         let v: serde_json::Value = serde_json::from_str(e.frame.as_str()).unwrap();
         assert_eq!(v["type"], "event");
@@ -195,7 +244,7 @@ mod tests {
         assert!(v["id"].as_str().unwrap().starts_with("evt_"));
         assert!(OffsetDateTime::parse(v["created_at"].as_str().unwrap(), &Rfc3339).is_ok());
 
-        let e = decode(
+        let e = decode_now(
             Topic::Agents,
             br#"{"event":"a.b","id":"evt_1","created_at":"2020-01-01T00:00:00Z"}"#,
             1024,
@@ -212,7 +261,7 @@ mod tests {
     #[test]
     fn bad_producer_messages_are_errors() {
         assert_eq!(
-            decode(Topic::Tasks, &[b' '; 100], 10).unwrap_err(),
+            decode_now(Topic::Tasks, &[b' '; 100], 10).unwrap_err(),
             DecodeError::TooLarge { limit: 10 }
         );
         for bad in [
@@ -224,12 +273,12 @@ mod tests {
             br#"{"event":"x","id":7}"#,
         ] {
             assert!(
-                matches!(decode(Topic::Tasks, bad, 1024), Err(DecodeError::Malformed(_))),
+                matches!(decode_now(Topic::Tasks, bad, 1024), Err(DecodeError::Malformed(_))),
                 "{bad:?}"
             );
         }
         assert_eq!(
-            decode(Topic::Tasks, br#"{"event":""}"#, 1024).unwrap_err(),
+            decode_now(Topic::Tasks, br#"{"event":""}"#, 1024).unwrap_err(),
             DecodeError::BadEventName
         );
     }
@@ -238,7 +287,7 @@ mod tests {
     fn encode_then_decode_keeps_the_event() {
         let data = RawValue::from_string(r#"{"k":"v"}"#.into()).unwrap();
         let (bytes, id) = encode("task.done", None, None, &data);
-        let e = decode(Topic::Tasks, &bytes, 1024).unwrap();
+        let e = decode_now(Topic::Tasks, &bytes, 1024).unwrap();
         let v: serde_json::Value = serde_json::from_str(e.frame.as_str()).unwrap();
         assert_eq!(v["data"]["k"], "v");
         assert_eq!(v["event"], "task.done");

@@ -4,12 +4,15 @@
 //! synchronous handler the Hub implements, called once per incoming event in channel order.
 //! Only `node.rs` and `cli.rs` name a concrete broker.
 //!
-//! Owns: the traits, `Delivery`, `ControlMessage`, `BrokerError`.  May use: codec, ids, scope.
+//! Owns: the traits, `Delivery`, `ControlMessage`, `BrokerError`.  May use: broker::codec, ids,
+//! scope, token (hashes in control messages).
 //! Never: know about sessions or sockets. Invariants: `Deliver::deliver` never awaits.
 
 pub mod codec;
 pub mod memory;
+pub mod position;
 pub mod redis;
+mod ring;
 
 use std::sync::Arc;
 
@@ -18,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ids::KeyId, token::TokenHash};
 pub use codec::{ChannelKey, DecodeError, Event};
+pub use position::{HistoryPage, Position};
 
 /// A message between nodes about keys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,8 +119,23 @@ pub trait Broker: Send + Sync + 'static {
     async fn subscribe(&self, channel: &ChannelKey) -> Result<(), BrokerError>;
     /// Stops receiving `channel` on this node (idempotent).
     async fn unsubscribe(&self, channel: &ChannelKey) -> Result<(), BrokerError>;
-    /// Publishes one producer message (SPEC §5 JSON) to every node.
-    async fn publish(&self, channel: &ChannelKey, event_json: Bytes) -> Result<(), BrokerError>;
+    /// Publishes one producer message (SPEC §5 JSON) to every node; with history on, appends
+    /// it to the channel's history in the same atomic step and returns its position.
+    async fn publish(
+        &self,
+        channel: &ChannelKey,
+        event_json: Bytes,
+    ) -> Result<Option<Position>, BrokerError>;
+    /// The channel's position now (starting its epoch if it has none); `None` with history off.
+    async fn head(&self, channel: &ChannelKey) -> Result<Option<Position>, BrokerError>;
+    /// Up to `limit` events of the channel's history with offsets above `after` (the newest
+    /// `limit` without it), oldest first; `None` with history off.
+    async fn history(
+        &self,
+        channel: &ChannelKey,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Option<HistoryPage>, BrokerError>;
     /// Publishes a control message to every node, this one included.
     async fn publish_control(&self, msg: &ControlMessage) -> Result<(), BrokerError>;
     /// Like `publish_control`, and returns once every node that received the message has

@@ -2,7 +2,7 @@
 //! [--expires-at T | --no-expiry]`: changes a key in place (SPEC §8), on the store the config
 //! selects; in Redis mode every running node applies it to the key's open streams.
 //!
-//! May use: the parent module, keys::service.
+//! May use: the parent module, keys (service, StoreError), ids, scope.
 
 use anyhow::{anyhow, Context};
 use clap::Args;
@@ -12,7 +12,10 @@ use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 use super::{print_json, usage, Failure};
 use crate::{
     ids::KeyId,
-    keys::service::{Changes, KeyService},
+    keys::{
+        service::{Changes, KeyError, KeyService},
+        StoreError,
+    },
     scope::parse_scopes,
 };
 
@@ -50,10 +53,10 @@ pub(super) async fn run(args: UpdateArgs, service: &KeyService) -> Result<(), Fa
     }
     match service.update(&id, changes).await {
         Ok(rec) => print_json(&rec.view()),
-        Err(e) if e.code == "resource_missing" => {
+        Err(KeyError::NotFound | KeyError::Store(StoreError::NotFound)) => {
             Err(Failure(1, anyhow!("no key with id {}", args.key_id)))
         }
-        Err(e) => Err(Failure(1, anyhow!("{} ({})", e.message, e.code))),
+        Err(e) => Err(Failure(1, anyhow!("{e}"))),
     }
 }
 

@@ -50,7 +50,8 @@ pub struct Config {
     /// Time a client has to send complete request headers (slowloris guard).
     #[serde(with = "duration")]
     pub header_read_timeout: Duration,
-    /// Largest request head (request line + headers) in bytes; at least 8192.
+    /// Largest request head (request line + headers) in bytes (larger → 431
+    /// `headers_too_large`); at least 8192.
     pub max_header_bytes: usize,
     /// Largest HTTP request body in bytes (larger → 413 `body_too_large`).
     pub max_body_bytes: usize,
@@ -103,6 +104,13 @@ pub struct Config {
     /// this far behind drops its subscription (counted in miteos_broker_overflows_total), reconnects
     /// and reports a gap, instead of growing without bound.
     pub max_broker_queue_bytes: usize,
+    /// Events kept per channel for resume and gap repair (SPEC §7); 0 turns history off
+    /// (events then have no offset).
+    pub history_size: usize,
+    /// How long an event stays in its channel's history; an idle channel's history (and its
+    /// epoch) is released after it.
+    #[serde(with = "duration")]
+    pub history_ttl: Duration,
     /// Longest time to answer one HTTP request, body included (503 request_timeout past it).
     #[serde(with = "duration")]
     pub request_timeout: Duration,
@@ -173,6 +181,8 @@ impl Default for Config {
             ws_read_buffer_bytes: 1024,
             ws_write_buffer_bytes: 16 * 1024,
             max_broker_queue_bytes: 32 * 1024 * 1024,
+            history_size: 1000,
+            history_ttl: Duration::from_secs(600),
             request_timeout: Duration::from_secs(30),
             min_body_bytes_per_second: 1024,
             body_read_timeout: Duration::from_secs(10),
@@ -289,6 +299,7 @@ impl Config {
             ("shutdown_grace", self.shutdown_grace),
             ("body_read_timeout", self.body_read_timeout),
             ("request_timeout", self.request_timeout),
+            ("history_ttl", self.history_ttl),
         ];
         for (name, d) in positive
             .into_iter()
@@ -317,6 +328,9 @@ impl Config {
             if v < min {
                 return Err(ConfigError::new(name, format!("must be at least {min}, got {v}")));
             }
+        }
+        if self.history_size > 100_000 {
+            return Err(ConfigError::new("history_size", "must be at most 100000"));
         }
         if self.rotation_max_previous_secrets > 16 {
             return Err(ConfigError::new("rotation_max_previous_secrets", "must be at most 16"));

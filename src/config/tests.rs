@@ -99,5 +99,5 @@ fn a_missing_config_file_is_an_error() {
 fn setting_names_cover_every_field() {
     let names = Config::setting_names();
     assert!(names.contains(&"redis_url".to_owned()) && names.contains(&"auth_timeout".to_owned()));
-    assert_eq!(names.len(), 45);
+    assert_eq!(names.len(), 47);
 }

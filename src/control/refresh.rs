@@ -7,7 +7,8 @@
 //! Reads of one key never overlap: a read asked for while one is in flight runs once more
 //! after it, so a slow read can never apply an older record over a newer one.
 //!
-//! May use: the parent module, hub (regrant), auth (principal_for), keys.
+//! May use: the parent module, hub (regrant), auth (principal_for), keys, broker (Done), ids,
+//! token; outbox and scope in its tests.
 
 use std::{
     collections::{HashMap, HashSet},

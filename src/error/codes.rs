@@ -38,6 +38,28 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, INVALID_REQUEST, "invalid_param", message)
             .with_param(param)
     }
+
+    // --- requests hyper cannot parse (its bodiless answers, replaced by `conn_io`) ---
+    pub fn malformed_request() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            INVALID_REQUEST,
+            "malformed_request",
+            "The request is not valid HTTP/1.1: a malformed request line or header, or a \
+             conflicting or unsupported Content-Length / Transfer-Encoding.",
+        )
+    }
+    pub fn headers_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            INVALID_REQUEST,
+            "headers_too_large",
+            format!("The request line and headers exceed {limit} bytes."),
+        )
+    }
+    pub fn uri_too_long() -> Self {
+        Self::new(StatusCode::URI_TOO_LONG, INVALID_REQUEST, "uri_too_long", "The URI is too long.")
+    }
     pub fn unknown_param(param: &str) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,

@@ -3,7 +3,7 @@
 //!
 //! The constructors, one per code, are in `codes`.
 //!
-//! Owns: error types, codes and the JSON envelope.  May use: http types, serde_json.
+//! Owns: error types, codes and the JSON envelope.  May use: hyper, serde_json.
 //! Never: I/O. Invariants: every error body is `{"error":{type,code,message,param?}}`.
 
 use bytes::Bytes;
@@ -14,6 +14,10 @@ use serde::Serialize;
 mod codes;
 
 /// An HTTP API error: status, type, code, message and optional `param`.
+/// The `code` of an error response, kept in its extensions for the access and refusal logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCode(pub &'static str);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -130,6 +134,7 @@ impl ApiError {
             b = b.header(header::UPGRADE, "websocket").header(header::SEC_WEBSOCKET_VERSION, "13");
         }
         let body = Full::new(Bytes::from(self.body()));
+        b = b.extension(ErrorCode(self.code));
         b.body(body.clone()).unwrap_or_else(|_| Response::new(body))
     }
 }

@@ -2,7 +2,8 @@
 //! `Authorization: Bearer <key>` and acting only inside the caller's account and environment.
 //!
 //! Owns: request parsing and validation for these endpoints (every error in the one shape).
-//! May use: auth, keys::service, body, error.  Never: return a secret except in the 201 of
+//! May use: state, auth, keys, keys::service, ids,
+//! scope, error, body.  Never: return a secret except in the 201 of
 //! create and rotate.
 
 use std::{net::IpAddr, sync::Arc};
@@ -16,10 +17,10 @@ use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 use super::{body, key_update};
 use crate::{
-    auth::Principal,
     error::ApiError,
     ids::KeyId,
     keys::service::{CreateRequest, MAX_GRACE_SECONDS},
+    keys::Principal,
     scope::{Environment, Scope},
     state::AppState,
 };

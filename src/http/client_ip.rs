@@ -1,7 +1,8 @@
 //! The client address of a request: the socket peer, unless the peer is a trusted proxy,
 //! in which case the right-most `X-Forwarded-For` entry that is not itself trusted.
 //!
-//! Owns: the one rule for "who is calling" used by IP allowlists.  May use: ipnet, http.
+//! Owns: the one rule for "who is calling" used by IP allowlists.  May use: ipnet, hyper,
+//! auth (`canonical`).
 //! Invariants: a client that is not a trusted proxy can never change its address with a header.
 
 use std::net::IpAddr;

@@ -2,7 +2,7 @@
 //! `ip_allowlist`, `expires_at`, each checked like at creation; `expires_at: null` clears the
 //! expiry, `ip_allowlist: null` or `[]` allows any address. Anything else is 400 with `param`.
 //!
-//! May use: api_keys (its field parsers), error, keys::service.
+//! May use: api_keys (its field parsers), error, keys::service; scope in its tests.
 
 use serde_json::Value;
 

@@ -1,11 +1,15 @@
-//! Request routing for the two listeners, and the access log (paths only, queries redacted).
+//! Request routing for the two listeners, the access log (paths only, queries redacted) and
+//! the refusal log of every refused request (see `refusals`).
 //!
 //! Owns: which (listener, method, path) goes to which handler.  May use: state, error, ws,
-//! the handlers below.  Never: log a query string unredacted or a header value.
+//! refusals, telemetry (URI redaction), the handlers below.  Never: log a query string
+//! unredacted or a header value.
 
 pub mod api_keys;
 pub mod body;
 pub mod client_ip;
+mod domain_errors;
+pub mod events;
 pub mod health;
 pub mod key_update;
 pub mod publish;
@@ -17,7 +21,13 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{body::Incoming, Method, Request, Response};
 
-use crate::{error::ApiError, state::AppState, telemetry::redact_uri, ws};
+use crate::{
+    error::{ApiError, ErrorCode},
+    refusals::{self, Refused},
+    state::AppState,
+    telemetry::redact_uri,
+    ws,
+};
 
 /// Which listener a request arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,24 +45,54 @@ pub async fn route(
 ) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let uri = redact_uri(req.uri());
-    let resp = dispatch(req, peer, &state, listener).await;
+    let credential = credential(&req);
+    let client = client_ip::client_ip(peer.ip(), req.headers(), &state.config.trusted_proxies);
+    let resp = dispatch(req, peer, client, &state, listener).await;
     if resp.status() == hyper::StatusCode::REQUEST_TIMEOUT {
         state.metrics.rate_limited("body_timeout");
+    }
+    if is_refusal(resp.status()) {
+        let code = resp.extensions().get::<ErrorCode>().map_or("unknown", |c| c.0);
+        refusals::refused(Refused::Request, code, client, credential.as_deref());
     }
     tracing::debug!(%peer, %method, uri = %uri, status = resp.status().as_u16(), "request");
     resp
 }
 
+/// Statuses that mean "not allowed now" rather than "malformed" or "not found": these are
+/// logged once each at `info` (rate-limited) for operators.
+fn is_refusal(status: hyper::StatusCode) -> bool {
+    use hyper::StatusCode as S;
+    matches!(
+        status,
+        S::UNAUTHORIZED
+            | S::FORBIDDEN
+            | S::REQUEST_TIMEOUT
+            | S::PAYLOAD_TOO_LARGE
+            | S::TOO_MANY_REQUESTS
+            | S::SERVICE_UNAVAILABLE
+    )
+}
+
+/// The credential a request offers (bearer header, or the `token`/`ticket` query), for the
+/// refusal log, which only ever writes it redacted.
+fn credential(req: &Request<Incoming>) -> Option<String> {
+    body::bearer(req).map(str::to_owned).or_else(|| {
+        let q = req.uri().query();
+        ws::upgrade::query_param(q, "token").or_else(|| ws::upgrade::query_param(q, "ticket"))
+    })
+}
+
 async fn dispatch(
     req: Request<Incoming>,
     peer: SocketAddr,
+    client: std::net::IpAddr,
     state: &Arc<AppState>,
     listener: Listener,
 ) -> Response<Full<Bytes>> {
     use Listener::{Admin, Public};
     let path = req.uri().path().to_owned();
     let m = req.method();
-    let client = client_ip::client_ip(peer.ip(), req.headers(), &state.config.trusted_proxies);
     if listener == Public && path.starts_with("/v1/") && live_key_from_browser(&req, state) {
         state.metrics.refused("live_key_in_browser");
         return ApiError::live_key_in_browser().into_response();
@@ -63,6 +103,7 @@ async fn dispatch(
         (Public, "/v1/ws") => ws::upgrade::handle(req, client, peer.ip(), state).await,
         #[cfg(feature = "conformance")]
         (Public, "/conformance/echo") => ws::echo::handle(req, state).await,
+        (Public, "/v1/events") if m == Method::GET => events::handle(req, client, state).await,
         (Public, "/v1/ws/tickets") if m == Method::POST => {
             tickets::handle(req, client, state).await
         }
@@ -74,7 +115,7 @@ async fn dispatch(
             health::metrics(state, accept)
         }
         (Admin, "/internal/v1/publish") if m == Method::POST => publish::handle(req, state).await,
-        (_, "/healthz" | "/readyz") | (Admin, "/metrics") => {
+        (_, "/healthz" | "/readyz") | (Admin, "/metrics") | (Public, "/v1/events") => {
             ApiError::method_not_allowed().with_allow("GET").into_response()
         }
         (Public, "/v1/ws/tickets") | (Admin, "/internal/v1/publish") => {

@@ -1,7 +1,8 @@
 //! Admin `POST /internal/v1/publish`: producers without Redis publish one event here
 //! (SPEC §5), authenticated by the admin bearer token.
 //!
-//! May use: state, broker codec, body, error.  Never: accept a request without the token.
+//! May use: state, broker (`ChannelKey`), broker::codec, ids, scope, body, error.
+//! Never: accept a request without the token.
 
 use std::sync::Arc;
 
@@ -111,12 +112,14 @@ async fn publish(
     }
     let channel = ChannelKey::new(p.environment, p.account_id, p.channel);
     match state.hub.broker().publish(&channel, payload).await {
-        Ok(()) => {
+        Ok(position) => {
             state.metrics.events_published.inc();
-            Ok(body::json(
-                StatusCode::OK,
-                &json!({"published": true, "id": id, "channel": channel.name()}),
-            ))
+            let mut answer = json!({"published": true, "id": id, "channel": channel.topic});
+            if let Some(p) = position {
+                answer["offset"] = p.offset.into();
+                answer["epoch"] = p.epoch.as_ref().into();
+            }
+            Ok(body::json(StatusCode::OK, &answer))
         }
         Err(BrokerError::InvalidEvent(e)) => Err(ApiError::invalid_param("data", e.to_string())),
         Err(BrokerError::Unavailable(_)) => Err(ApiError::broker_unavailable()),

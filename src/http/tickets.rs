@@ -4,7 +4,7 @@
 //! `{"scopes": ["tasks.read"]}` narrows the ticket to some of the key's read scopes. The
 //! minting request is checked against the key's IP allowlist (the redeeming browser is not).
 //!
-//! May use: auth, tickets, body, error, scope.
+//! May use: state, auth, keys (`Principal`), tickets, body, error, scope.
 
 use std::{net::IpAddr, sync::Arc};
 
@@ -16,8 +16,8 @@ use time::format_description::well_known::Rfc3339;
 
 use super::{api_keys, body};
 use crate::{
-    auth::Principal,
     error::ApiError,
+    keys::Principal,
     scope::{parse_scopes, Scope},
     state::AppState,
     tickets,

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::{Hub, UNSUBSCRIBE_DELAY};
+use super::{flow::Flow, Hub, UNSUBSCRIBE_DELAY};
 use crate::{
-    broker::{BrokerError, ChannelKey},
+    broker::{BrokerError, ChannelKey, Position},
     outbox::Outbox,
     protocol::filter::EventFilter,
 };
@@ -29,6 +29,9 @@ pub(super) struct Subs {
     pub(super) list: Vec<Sub>,
     /// Leaves counted since the last sweep (may overcount: only decides when to sweep).
     retired: usize,
+    /// The channel's position on this node and its gap repair, under the same lock as the
+    /// list so a joiner's position and the events it gets agree.
+    pub(super) flow: Flow,
 }
 
 impl Subs {
@@ -48,15 +51,17 @@ pub(super) struct Channel {
 }
 
 impl Hub {
-    /// Adds the session owning `outbox` to `key`, subscribing the broker first if this node
-    /// had no subscriber yet. On a broker error nothing changes. The caller makes sure the
-    /// session is not on `key` already (see `set_filter`).
+    /// Adds the session owning `outbox` to `key`, subscribing the broker (and reading the
+    /// channel's head) first if this node had no subscriber yet. Returns the channel's
+    /// position at the moment the session joined: every event it gets later has a higher
+    /// offset (`None` with history off). On a broker error nothing changes. The caller makes
+    /// sure the session is not on `key` already (see `set_filter`).
     pub async fn subscribe(
         &self,
         key: &ChannelKey,
         outbox: &Arc<Outbox>,
         filter: Option<Arc<EventFilter>>,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<Option<Position>, BrokerError> {
         loop {
             let ch = self.channels.entry(key.clone()).or_default().clone();
             // The broker state and the subscriber list change together under the channel's
@@ -70,11 +75,25 @@ impl Hub {
                 }
                 *at_broker = true;
             }
+            if ch.subs.lock().flow.last().is_none() {
+                // After SUBSCRIBE: whatever is published from here on arrives live, and any
+                // event that arrives at or below the head is dropped as already past.
+                match self.broker.head(key).await {
+                    Ok(Some(head)) => ch.subs.lock().flow.start_at(head),
+                    Ok(None) => {}
+                    Err(e) => {
+                        drop(at_broker);
+                        self.schedule_dissolve(key.clone());
+                        return Err(e);
+                    }
+                }
+            }
             // Add under the map guard too, so the channel cannot be removed in between.
             if let Some(current) = self.channels.get(key) {
                 if Arc::ptr_eq(&current, &ch) {
-                    current.subs.lock().list.push(Sub { outbox: outbox.clone(), filter });
-                    return Ok(());
+                    let mut subs = current.subs.lock();
+                    subs.list.push(Sub { outbox: outbox.clone(), filter });
+                    return Ok(subs.flow.last().cloned());
                 }
             }
             // The channel was dissolved while we waited for its lock: start again.
@@ -82,22 +101,19 @@ impl Hub {
     }
 
     /// Replaces the event filter of the session owning `outbox` on `key` (a client
-    /// subscribing again to a channel it is on). Returns whether it was on `key`.
+    /// subscribing again to a channel it is on). Returns `None` if it was not on `key`, else
+    /// the channel's position now.
     pub fn set_filter(
         &self,
         key: &ChannelKey,
         outbox: &Arc<Outbox>,
         filter: Option<Arc<EventFilter>>,
-    ) -> bool {
-        let Some(ch) = self.channels.get(key).map(|c| c.clone()) else { return false };
+    ) -> Option<Option<Position>> {
+        let ch = self.channels.get(key).map(|c| c.clone())?;
         let mut subs = ch.subs.lock();
-        match subs.list.iter_mut().find(|s| Arc::ptr_eq(&s.outbox, outbox)) {
-            Some(s) => {
-                s.filter = filter;
-                true
-            }
-            None => false,
-        }
+        let s = subs.list.iter_mut().find(|s| Arc::ptr_eq(&s.outbox, outbox))?;
+        s.filter = filter;
+        Some(subs.flow.last().cloned())
     }
 
     /// Removes the session owning `outbox` from `key` (a client's `unsubscribe`); the last

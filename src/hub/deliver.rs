@@ -1,23 +1,73 @@
-//! The Hub's `Deliver`: fan-out of one event to the matching Outboxes (4009 on a full one),
+//! The Hub's `Deliver`: fan-out of one event to the matching Outboxes (4009 on a full one)
+//! through the channel's `Flow` (in offset order; holes repaired from history, `gap` frames),
 //! malformed producer messages (counted, logged once a minute per channel), control messages
 //! and the loss and return of the control subscription (handed to the node's control
 //! handler) and broker gaps.
 //!
-//! May use: outbox, metrics.  Never: await or do I/O.
+//! May use: broker (`Delivery`, `Event`), outbox, protocol (close, gap frames), metrics, the
+//! Hub's flow and channels.  Never: await or do I/O.
 
 use std::time::Duration;
 
-use super::{ControlSignal, Hub};
+use super::{channels::Subs, flow::Step, ControlSignal, Hub};
 use crate::{
-    broker::{Deliver, Delivery, Done},
+    broker::{ChannelKey, Deliver, Delivery, Done, Event},
     outbox::Push,
-    protocol::close::CloseCode,
+    protocol::{close::CloseCode, GapPosition, ServerMessage},
 };
 
 /// How often a channel's malformed producer messages may be logged.
 const MALFORMED_LOG_EVERY: Duration = Duration::from_secs(60);
 
 impl Hub {
+    /// Pushes one event to every subscriber whose filter takes it (4009 on a full queue).
+    pub(super) fn fan_out(&self, subs: &Subs, event: &Event) {
+        let (mut delivered, mut slow) = (0u64, 0u64);
+        for s in subs.list.iter() {
+            if s.filter.as_ref().is_some_and(|f| !f.matches(&event.name)) {
+                continue;
+            }
+            match s.outbox.push_event(event.frame.clone(), event.received) {
+                Push::Queued => delivered += 1,
+                Push::Full => {
+                    if s.outbox.close(CloseCode::SlowConsumer) {
+                        slow += 1;
+                    }
+                }
+                Push::Closed => {}
+            }
+        }
+        self.metrics.deliveries.inc_by(delivered);
+        if slow > 0 {
+            self.metrics.slow_consumer_closes.inc_by(slow);
+        }
+    }
+
+    /// Carries out a flow's steps in order: events to the matching subscribers, gaps to all.
+    pub(super) fn apply(&self, channel: &ChannelKey, subs: &Subs, steps: Vec<Step>) {
+        for step in steps {
+            match step {
+                Step::Deliver(e) => self.fan_out(subs, &e),
+                Step::Gap(position) => {
+                    let frame = ServerMessage::Gap {
+                        channel: channel.topic,
+                        position: GapPosition { offset: position.offset, epoch: position.epoch },
+                    }
+                    .to_frame();
+                    // Queued like an event, so it keeps its place among the channel's events.
+                    let now = std::time::Instant::now();
+                    for s in subs.list.iter() {
+                        if s.outbox.push_event(frame.clone(), now) == Push::Full
+                            && s.outbox.close(CloseCode::SlowConsumer)
+                        {
+                            self.metrics.slow_consumer_closes.inc();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     fn log_malformed(&self, channel: &str, error: &crate::broker::DecodeError) {
         let now = std::time::Instant::now();
         if self
@@ -63,26 +113,18 @@ impl Deliver for Hub {
             Delivery::Event { channel, event } => {
                 self.metrics.events_received.inc();
                 let Some(ch) = self.channels.get(&channel).map(|c| c.clone()) else { return };
-                let (mut delivered, mut slow) = (0u64, 0u64);
-                let subs = ch.subs.lock();
-                for s in subs.list.iter() {
-                    if s.filter.as_ref().is_some_and(|f| !f.matches(&event.name)) {
-                        continue;
-                    }
-                    match s.outbox.push(event.frame.clone()) {
-                        Push::Queued => delivered += 1,
-                        Push::Full => {
-                            if s.outbox.close(CloseCode::SlowConsumer) {
-                                slow += 1;
-                            }
-                        }
-                        Push::Closed => {}
-                    }
+                let mut subs = ch.subs.lock();
+                if subs.flow.takes_next(&event) {
+                    // The common case: the next offset (or none), nothing being repaired.
+                    self.fan_out(&subs, &event);
+                    return;
                 }
+                let mut steps = Vec::new();
+                let repair = subs.flow.on_event(event, &mut steps);
+                self.apply(&channel, &subs, steps);
                 drop(subs);
-                self.metrics.deliveries.inc_by(delivered);
-                if slow > 0 {
-                    self.metrics.slow_consumer_closes.inc_by(slow);
+                if let Some(r) = repair {
+                    self.spawn_repair(channel, r);
                 }
             }
             Delivery::Malformed { channel, error } => {
@@ -102,6 +144,7 @@ impl Deliver for Hub {
             Delivery::Gap => {
                 self.metrics.broker_gaps.inc();
                 self.gap.notify_one();
+                self.repair_all();
             }
         }
     }

@@ -10,12 +10,14 @@
 //!
 //! Owns: `channels`, `sessions` and their grants, the tombstones of revoked keys, retired
 //! secrets and updated keys, the dispatch loop.  May use: broker (traits), outbox, protocol,
-//! scope, metrics.  Never: await or do
+//! ids, token, scope, metrics.  Never: await or do
 //! I/O inside `deliver`; hold a map guard across `.await`; know what a control message means.
 //! Invariants: per channel, events are pushed to every Outbox in the order `deliver` saw them.
 
 mod channels;
 mod deliver;
+mod flow;
+mod repair;
 #[cfg(test)]
 mod tests;
 
@@ -105,6 +107,8 @@ pub struct Hub {
     /// When a malformed message was last logged per channel (at most once a minute).
     malformed_logged: DashMap<String, std::time::Instant>,
     metrics: Arc<Metrics>,
+    /// Events read from history per repair read (the history size).
+    repair_limit: usize,
 }
 
 /// How long a revocation or retirement is remembered for sessions still registering.
@@ -121,8 +125,10 @@ fn tombstone<K: std::hash::Hash + Eq>(map: &DashMap<K, std::time::Instant>, key:
 
 impl Hub {
     /// Builds the Hub and its broker together: the broker gets a weak handle to the Hub.
+    /// `repair_limit`: events read from history per gap-repair read (the history size).
     pub fn new(
         metrics: Arc<Metrics>,
+        repair_limit: usize,
         make_broker: impl FnOnce(Weak<dyn Deliver>) -> Arc<dyn Broker>,
     ) -> Arc<Hub> {
         Arc::new_cyclic(|me: &Weak<Hub>| {
@@ -140,6 +146,7 @@ impl Hub {
                 gap: tokio::sync::Notify::new(),
                 malformed_logged: DashMap::new(),
                 metrics,
+                repair_limit: repair_limit.max(1),
             }
         })
     }

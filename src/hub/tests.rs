@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::{
-    broker::{codec, BrokerError, Delivery},
+    broker::{codec, BrokerError, Delivery, Position},
     ids::AccountId,
     protocol::filter::EventFilter,
     scope::{Environment, Topic},
@@ -29,8 +29,19 @@ impl Broker for Recording {
         self.desired.lock().remove(ch);
         Ok(())
     }
-    async fn publish(&self, _: &ChannelKey, _: Bytes) -> Result<(), BrokerError> {
-        Ok(())
+    async fn publish(&self, _: &ChannelKey, _: Bytes) -> Result<Option<Position>, BrokerError> {
+        Ok(None)
+    }
+    async fn head(&self, _: &ChannelKey) -> Result<Option<Position>, BrokerError> {
+        Ok(None)
+    }
+    async fn history(
+        &self,
+        _: &ChannelKey,
+        _: Option<u64>,
+        _: usize,
+    ) -> Result<Option<crate::broker::HistoryPage>, BrokerError> {
+        Ok(None)
     }
     async fn publish_control(&self, _: &ControlMessage) -> Result<(), BrokerError> {
         Ok(())
@@ -46,7 +57,7 @@ impl Broker for Recording {
 fn hub() -> (Arc<Hub>, Arc<Recording>) {
     let rec = Arc::new(Recording::default());
     let r = rec.clone();
-    (Hub::new(Arc::new(Metrics::new()), move |_| r), rec)
+    (Hub::new(Arc::new(Metrics::new()), 1000, move |_| r), rec)
 }
 
 fn key() -> ChannelKey {
@@ -54,7 +65,8 @@ fn key() -> ChannelKey {
 }
 
 fn event() -> Delivery {
-    let event = codec::decode(Topic::Tasks, br#"{"event":"e"}"#, 1024).unwrap();
+    let event =
+        codec::decode(Topic::Tasks, br#"{"event":"e"}"#, 1024, std::time::Instant::now()).unwrap();
     Delivery::Event { channel: key(), event }
 }
 
@@ -132,10 +144,10 @@ async fn set_filter_replaces_only_that_sessions_filter() {
     hub.subscribe(&key(), &a, None).await.unwrap();
     hub.subscribe(&key(), &b, None).await.unwrap();
     let only_x = Arc::new(EventFilter::parse(&["x".to_owned()]).unwrap());
-    assert!(hub.set_filter(&key(), &a, Some(only_x)));
+    assert!(hub.set_filter(&key(), &a, Some(only_x)).is_some());
     hub.deliver(event()); // event "e"
     assert_eq!((a.len(), b.len()), (0, 1));
-    assert!(!hub.set_filter(&key(), &Arc::new(Outbox::new(8)), None), "not a member");
+    assert!(hub.set_filter(&key(), &Arc::new(Outbox::new(8)), None).is_none(), "not a member");
     assert_eq!(entries(&hub, &key()), 2);
 }
 

@@ -5,8 +5,8 @@
 //! yet) the cache is *suspended*: empty, and nothing is cached, so every lookup reads the
 //! store and no node authenticates with a copy a missed message should have evicted.
 //!
-//! Owns: the cache.  May use: keys, token.  Never: cache a miss (unknown keys always reach
-//! the store; brute force is the rate limiter's job).
+//! Owns: the cache.  May use: keys, ids, scope, token.  Never: cache a miss (unknown keys
+//! always reach the store; brute force is the rate limiter's job).
 
 use std::{
     sync::{

@@ -11,7 +11,8 @@
 //!
 //! Owns: the file layout (`keys`: id → JSON record, `hashes`: sha256 → id, `accounts`:
 //! `account\0id` → `` — the per-account index behind `list`).
-//! May use: keys, redb, tokio's blocking pool.  Never: store a full secret.
+//! May use: keys, ids, scope, token, redb, tokio's blocking
+//! pool.  Never: store a full secret.
 
 use std::{
     path::Path,

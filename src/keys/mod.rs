@@ -6,8 +6,11 @@
 
 pub mod cache;
 pub mod embedded;
+mod principal;
 pub mod redis;
 pub mod service;
+
+pub use principal::Principal;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -114,35 +117,6 @@ pub enum StoreError {
     /// The change is stored, but the control message telling every node failed.
     #[error("stored, but not announced to every node: {0}")]
     NotAnnounced(String),
-}
-
-impl From<StoreError> for crate::error::ApiError {
-    /// The one mapping of store failures to API errors (logged here, once).
-    fn from(e: StoreError) -> Self {
-        use crate::error::ApiError;
-        match e {
-            StoreError::NotFound => ApiError::resource_missing("API key"),
-            StoreError::Revoked => {
-                ApiError::invalid_param("id", "A revoked key cannot be rotated.")
-                    .with_code("key_revoked")
-            }
-            StoreError::Unavailable(_) | StoreError::Contended => {
-                tracing::error!(error = %e, "key store unavailable");
-                ApiError::store_unavailable()
-            }
-            StoreError::RedisDown(_) => {
-                tracing::warn!(error = %e, "redis unavailable");
-                ApiError::broker_unavailable()
-            }
-            StoreError::NotAnnounced(_) => ApiError::broker_unavailable().with_message(
-                "The change is stored but could not be announced to every node yet; retry the request.",
-            ),
-            StoreError::Locked(_) | StoreError::Corrupt(_) => {
-                tracing::error!(error = %e, "key store failed");
-                ApiError::internal()
-            }
-        }
-    }
 }
 
 /// Where key records live. Control-plane only: a boxed future per call is fine.

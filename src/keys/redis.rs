@@ -5,7 +5,7 @@
 //! set of ids; `mt:keys:exist` → marks a store that has held a key (bootstrap happens once).
 //! Multi-key writes are MULTI/EXEC transactions.
 //!
-//! Owns: that layout.  May use: keys, redis_link.  Never: store a full secret.
+//! Owns: that layout.  May use: keys, ids, scope, token, redis_link.  Never: store a full secret.
 
 use std::sync::Arc;
 

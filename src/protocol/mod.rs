@@ -7,10 +7,36 @@
 pub mod close;
 pub mod filter;
 
+use std::{collections::BTreeMap, sync::Arc};
+
 use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::scope::{Environment, Topic};
+
+/// A position a client last saw on a channel, sent back to resume from it (SPEC §7).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeFrom {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// `resume`: channel name → the last position seen.
+pub type Resume = BTreeMap<String, ResumeFrom>;
+
+/// One channel's entry in `positions`: where it stood when the subscription started, and
+/// for a channel the client asked to resume, whether the missed events follow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PositionReply {
+    pub offset: u64,
+    pub epoch: Arc<str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+}
+
+/// `positions` of `auth.success` and `subscribed`.
+pub type Positions = BTreeMap<Topic, PositionReply>;
 
 /// A message a client may send.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -21,11 +47,15 @@ pub enum ClientMessage {
         token: Option<String>,
         #[serde(default)]
         ticket: Option<String>,
+        #[serde(default)]
+        resume: Option<Resume>,
     },
     Subscribe {
         channels: Vec<String>,
         #[serde(default)]
         events: Option<Vec<String>>,
+        #[serde(default)]
+        resume: Option<Resume>,
     },
     Unsubscribe {
         channels: Vec<String>,
@@ -58,9 +88,19 @@ pub enum ServerMessage {
         key_id: String,
         environment: Environment,
         channels: Vec<Topic>,
+        /// Absent with history off.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        positions: Option<Positions>,
     },
     #[serde(rename = "subscribed")]
-    Subscribed { channels: Vec<Topic> },
+    Subscribed {
+        channels: Vec<Topic>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        positions: Option<Positions>,
+    },
+    /// Events of `channel` before `position` may be missing (history could not repair it).
+    #[serde(rename = "gap")]
+    Gap { channel: Topic, position: GapPosition },
     /// A client's `unsubscribe` answered (`reason` absent), or topics the server took away
     /// (`"reason": "scope_removed"`: the key lost their read scope, SPEC §8).
     #[serde(rename = "unsubscribed")]
@@ -78,6 +118,13 @@ pub enum ServerMessage {
         #[serde(skip_serializing_if = "Option::is_none")]
         param: Option<String>,
     },
+}
+
+/// The position in a `gap` message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GapPosition {
+    pub offset: u64,
+    pub epoch: Arc<str>,
 }
 
 impl ServerMessage {
@@ -100,7 +147,7 @@ mod tests {
     fn client_messages_parse() {
         assert_eq!(
             ClientMessage::parse(r#"{"type":"auth","token":"t"}"#),
-            Ok(ClientMessage::Auth { token: Some("t".into()), ticket: None })
+            Ok(ClientMessage::Auth { token: Some("t".into()), ticket: None, resume: None })
         );
         assert_eq!(
             ClientMessage::parse(
@@ -108,7 +155,8 @@ mod tests {
             ),
             Ok(ClientMessage::Subscribe {
                 channels: vec!["tasks".into()],
-                events: Some(vec!["task.*".into()])
+                events: Some(vec!["task.*".into()]),
+                resume: None,
             })
         );
         assert_eq!(ClientMessage::parse(r#"{"type":"ping"}"#), Ok(ClientMessage::Ping));
@@ -141,6 +189,7 @@ mod tests {
             key_id: "key_y".into(),
             environment: Environment::Live,
             channels: vec![Topic::Agents, Topic::Tasks],
+            positions: None,
         };
         let v: serde_json::Value = serde_json::from_str(m.to_frame().as_str()).unwrap();
         assert_eq!(

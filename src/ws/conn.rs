@@ -4,7 +4,8 @@
 //! serves one connection.
 //!
 //! Owns: the `WebSocketStream`, the local write queue, heartbeat and expiry deadlines, and
-//! the close handshake.  May use: outbox, protocol::close, tungstenite.
+//! the close handshake.  May use: outbox, metrics (the delivery-latency histogram),
+//! protocol::close, tungstenite.
 //! Never: interpret client messages (that is `session`).
 
 use std::{
@@ -31,6 +32,7 @@ use tokio_tungstenite::{
 };
 
 use crate::{
+    metrics::LatencyHistogram,
     outbox::{self, Outbox},
     protocol::close::CloseCode,
 };
@@ -57,6 +59,9 @@ pub struct Conn<S> {
     /// Frames taken from the Outbox that the socket has not accepted yet.
     pending: VecDeque<Utf8Bytes>,
     unflushed: bool,
+    /// When the oldest event not yet flushed was received from the broker.
+    unflushed_since: Option<std::time::Instant>,
+    delivery_latency: LatencyHistogram,
     ping_due: bool,
     timer: Pin<Box<Sleep>>,
     ping_interval: Duration,
@@ -75,6 +80,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         outbox: Arc<Outbox>,
         ping_interval: Duration,
         pong_timeout: Duration,
+        delivery_latency: LatencyHistogram,
     ) -> Self {
         let now = Instant::now();
         Self {
@@ -82,6 +88,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             outbox,
             pending: VecDeque::new(),
             unflushed: false,
+            unflushed_since: None,
+            delivery_latency,
             ping_due: false,
             timer: Box::pin(sleep_until(now + ping_interval)),
             ping_interval,
@@ -187,11 +195,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), WsError> {
         let mut budget = WRITE_BUDGET;
         loop {
-            if self.pending.is_empty()
-                && !self.ping_due
-                && self.outbox.take_into(&mut self.pending) == 0
-            {
-                break;
+            if self.pending.is_empty() && !self.ping_due {
+                let (taken, oldest) = self.outbox.take_into(&mut self.pending);
+                if taken == 0 {
+                    break;
+                }
+                self.unflushed_since = self.unflushed_since.or(oldest);
             }
             match Pin::new(&mut self.ws).poll_ready(cx) {
                 Poll::Ready(Ok(())) => {}
@@ -220,6 +229,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if let Poll::Ready(r) = Pin::new(&mut self.ws).poll_flush(cx) {
                 r?;
                 self.unflushed = false;
+                if let Some(since) = self.unflushed_since.take() {
+                    self.delivery_latency.observe(since.elapsed());
+                }
             }
         }
         Ok(())

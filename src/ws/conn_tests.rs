@@ -15,7 +15,7 @@ use tokio_tungstenite::{
 };
 
 use super::{Conn, Step};
-use crate::{outbox::Outbox, protocol::close::CloseCode};
+use crate::{metrics::LatencyHistogram, outbox::Outbox, protocol::close::CloseCode};
 
 const PING: Duration = Duration::from_secs(25);
 const PONG: Duration = Duration::from_secs(10);
@@ -24,6 +24,14 @@ const MAX_MESSAGE: usize = 4096;
 /// A server `Conn` and a client socket joined by a pipe of `pipe_bytes` each way.
 async fn pair(
     pipe_bytes: usize,
+) -> (Conn<DuplexStream>, Arc<Outbox>, WebSocketStream<DuplexStream>) {
+    pair_observed(pipe_bytes, LatencyHistogram::default()).await
+}
+
+/// `pair`, with the delivery-latency histogram the `Conn` observes into.
+async fn pair_observed(
+    pipe_bytes: usize,
+    latency: LatencyHistogram,
 ) -> (Conn<DuplexStream>, Arc<Outbox>, WebSocketStream<DuplexStream>) {
     let (server_io, client_io) = tokio::io::duplex(pipe_bytes);
     let cfg = WebSocketConfig::default()
@@ -35,7 +43,7 @@ async fn pair(
     let server = WebSocketStream::from_raw_socket(server_io, Role::Server, Some(cfg)).await;
     let client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
     let outbox = Arc::new(Outbox::new(100_000));
-    (Conn::new(server, outbox.clone(), PING, PONG), outbox, client)
+    (Conn::new(server, outbox.clone(), PING, PONG, latency), outbox, client)
 }
 
 fn close_code(msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) -> u16 {
@@ -142,4 +150,22 @@ async fn a_client_that_never_reads_is_dropped_at_close_timeout() {
         }
     };
     assert!(!matches!(end, Some(Ok(Message::Close(_)))), "a close frame fit after all: {end:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_flushed_write_with_events_is_observed_once_and_replies_are_not() {
+    let latency = LatencyHistogram::default();
+    let (mut conn, outbox, mut client) = pair_observed(64 * 1024, latency.clone()).await;
+    outbox.push("reply".into());
+    let pump = tokio::spawn(async move { conn.next_step().await });
+    assert!(matches!(client.next().await, Some(Ok(Message::Text(_)))));
+    assert_eq!(latency.count(), 0, "a reply is not an event");
+    outbox.push_event("e1".into(), std::time::Instant::now());
+    outbox.push_event("e2".into(), std::time::Instant::now());
+    for _ in 0..2 {
+        assert!(matches!(client.next().await, Some(Ok(Message::Text(_)))));
+    }
+    // The pump flushed and observed in the poll that wrote the frames (one task at a time).
+    assert!((1..=2).contains(&latency.count()), "observed {}", latency.count());
+    pump.abort();
 }

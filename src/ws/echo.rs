@@ -4,7 +4,7 @@
 //! suite (Autobahn's cases, run by `kosoku`) checks the framing, UTF-8, fragmentation,
 //! control-frame and close handling that real sessions use. No auth, no Hub.
 //!
-//! May use: state (ws config), conn, outbox.  Never: exist in a default build.
+//! May use: state (ws config), conn, outbox, error.  Never: exist in a default build.
 
 use std::sync::Arc;
 
@@ -40,7 +40,8 @@ pub async fn handle(mut req: Request<Incoming>, state: &Arc<AppState>) -> Respon
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg)).await;
         let outbox = Arc::new(Outbox::new(st.config.outbox_capacity));
         let c = &st.config;
-        let mut conn = Conn::new(ws, outbox.clone(), c.ping_interval, c.pong_timeout);
+        let mut conn =
+            Conn::new(ws, outbox.clone(), c.ping_interval, c.pong_timeout, Default::default());
         loop {
             match conn.next_step().await {
                 Step::Message(Message::Text(text)) => {

@@ -1,7 +1,8 @@
 //! `GET /v1/ws`: every check that can refuse a connection runs before the upgrade (SPEC §4.1),
 //! then the 101 is returned and the session is spawned on the node's task tracker.
 //!
-//! Owns: the order of pre-upgrade checks.  May use: state, auth, error, scope, session.
+//! Owns: the order of pre-upgrade checks.  May use: state, auth, keys (`Principal`), budget,
+//! rate_limit, slots, token, scope, error, session.
 //! Never: upgrade a request that failed a check.
 
 use std::{net::IpAddr, sync::Arc};
@@ -21,11 +22,11 @@ use tokio_tungstenite::{
 
 use super::session;
 use crate::{
-    auth::Principal,
+    budget::{ConnPermit, RequestClient},
     error::ApiError,
+    keys::Principal,
     rate_limit::client_block,
     scope::ScopeSet,
-    server::{ConnPermit, RequestClient},
     slots,
     state::AppState,
     token::TokenHash,

@@ -158,7 +158,11 @@ async fn publish_command_reaches_a_subscriber() {
     )
     .await;
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("evt_"), "{out}");
+    // One JSON line with the event's position (SPEC §5).
+    let answer: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    assert!(answer["id"].as_str().is_some_and(|id| id.starts_with("evt_")), "{out}");
+    assert_eq!((answer["channel"].as_str(), answer["offset"].as_u64()), (Some("tasks"), Some(1)));
+    assert!(answer["epoch"].as_str().is_some_and(|e| !e.is_empty()), "{out}");
     let e = c.recv().await;
     assert_eq!(
         (e["event"].as_str(), e["data"]["ok"].as_bool()),

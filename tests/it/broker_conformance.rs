@@ -10,8 +10,9 @@ use std::{
 use bytes::Bytes;
 use miteos_stream::{
     broker::{
-        memory::MemoryBroker, redis::RedisBroker, Broker, ChannelKey, ControlMessage, Deliver,
-        Delivery,
+        memory::MemoryBroker,
+        redis::{RedisBroker, Settings},
+        Broker, ChannelKey, ControlMessage, Deliver, Delivery, Event,
     },
     ids::{AccountId, KeyId},
     redis_link::RedisLink,
@@ -20,10 +21,11 @@ use miteos_stream::{
 
 use crate::support::RedisServer;
 
-/// A handler that records what the broker hands over.
+/// A handler that records what the broker hands over (and keeps the events themselves).
 #[derive(Default)]
-struct Recorder {
+pub struct Recorder {
     seen: Mutex<Vec<String>>,
+    events: Mutex<Vec<(ChannelKey, Arc<Event>)>>,
     /// How long a confirmed control message's `Done` is held (work after the message).
     hold: Duration,
 }
@@ -31,7 +33,11 @@ struct Recorder {
 impl Deliver for Recorder {
     fn deliver(&self, d: Delivery) {
         let line = match d {
-            Delivery::Event { channel, event } => format!("event {channel} {}", event.name),
+            Delivery::Event { channel, event } => {
+                let line = format!("event {channel} {}", event.name);
+                self.events.lock().unwrap().push((channel, event));
+                line
+            }
             Delivery::Malformed { channel, .. } => format!("malformed {channel}"),
             Delivery::Control(ControlMessage::Revoke { key_id }) => format!("revoke {key_id}"),
             Delivery::Control(other) => format!("control {other:?}"),
@@ -53,12 +59,30 @@ impl Deliver for Recorder {
 }
 
 impl Recorder {
-    fn lines(&self) -> Vec<String> {
+    pub fn lines(&self) -> Vec<String> {
         self.seen.lock().unwrap().clone()
     }
 
+    /// The events delivered for `channel`, in delivery order.
+    pub fn events(&self, channel: &ChannelKey) -> Vec<Arc<Event>> {
+        let all = self.events.lock().unwrap();
+        all.iter().filter(|(c, _)| c == channel).map(|(_, e)| e.clone()).collect()
+    }
+
+    /// Waits (bounded) until `n` events of `channel` were delivered; returns them.
+    pub async fn wait_events(&self, channel: &ChannelKey, n: usize) -> Vec<Arc<Event>> {
+        for _ in 0..1000 {
+            let got = self.events(channel);
+            if got.len() >= n {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {n} events of {channel}; got {}", self.events(channel).len());
+    }
+
     /// Waits (bounded) until `pred` holds for what was delivered.
-    async fn wait_for(&self, what: &str, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
+    pub async fn wait_for(&self, what: &str, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
         for _ in 0..500 {
             let lines = self.lines();
             if pred(&lines) {
@@ -70,11 +94,47 @@ impl Recorder {
     }
 }
 
-fn channel(account: &str, topic: Topic) -> ChannelKey {
+/// A Redis broker's settings as tests use them (`history_size` 0: history off).
+pub fn settings(history_size: usize) -> Settings {
+    Settings {
+        max_event_bytes: 64 * 1024,
+        max_queued_bytes: 1 << 20,
+        history_size,
+        history_ttl: Duration::from_secs(600),
+        install_library: true,
+    }
+}
+
+/// An in-process broker with these history settings, and its recorder.
+pub fn memory_broker(size: usize, ttl: Duration) -> (Arc<MemoryBroker>, Arc<Recorder>) {
+    let rec = Arc::new(Recorder::default());
+    let handler: Weak<dyn Deliver> = Arc::downgrade(&(rec.clone() as Arc<dyn Deliver>));
+    (Arc::new(MemoryBroker::new(handler, 64 * 1024, size, ttl)), rec)
+}
+
+/// A Redis broker on `redis`, connected (ready), and its recorder.
+pub async fn redis_broker(
+    redis: &RedisServer,
+    settings: Settings,
+) -> (Arc<RedisBroker>, Arc<Recorder>) {
+    let rec = Arc::new(Recorder::default());
+    let handler: Weak<dyn Deliver> = Arc::downgrade(&(rec.clone() as Arc<dyn Deliver>));
+    let link = Arc::new(RedisLink::new(&redis.url()).expect("url"));
+    let broker = Arc::new(RedisBroker::start(link, handler, settings));
+    for _ in 0..500 {
+        if broker.ready() {
+            return (broker, rec);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the redis broker never became ready");
+}
+
+pub fn channel(account: &str, topic: Topic) -> ChannelKey {
     ChannelKey::new(Environment::Live, AccountId::parse(account).unwrap(), topic)
 }
 
-fn event(name: &str) -> Bytes {
+pub fn event(name: &str) -> Bytes {
     Bytes::from(format!("{{\"event\":\"{name}\",\"data\":{{}}}}"))
 }
 
@@ -125,26 +185,20 @@ async fn conformance(broker: Arc<dyn Broker>, rec: Arc<Recorder>, remote: bool) 
 
 #[tokio::test]
 async fn the_memory_broker_keeps_the_broker_rules() {
-    let rec = Arc::new(Recorder::default());
-    let handler: Weak<dyn Deliver> = Arc::downgrade(&(rec.clone() as Arc<dyn Deliver>));
-    let broker = Arc::new(MemoryBroker::new(handler, 64 * 1024));
-    conformance(broker, rec, false).await;
+    for size in [1000, 0] {
+        let (broker, rec) = memory_broker(size, Duration::from_secs(600));
+        conformance(broker, rec, false).await;
+    }
 }
 
 #[tokio::test]
 async fn the_redis_broker_keeps_the_broker_rules() {
-    let redis = RedisServer::start().await;
-    let rec = Arc::new(Recorder::default());
-    let handler: Weak<dyn Deliver> = Arc::downgrade(&(rec.clone() as Arc<dyn Deliver>));
-    let link = Arc::new(RedisLink::new(&redis.url()).expect("url"));
-    let broker = Arc::new(RedisBroker::start(link, handler, 64 * 1024, 1 << 20));
-    for _ in 0..500 {
-        if broker.ready() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    // With history on (publishing through the function) and off (plain PUBLISH).
+    for size in [1000, 0] {
+        let redis = RedisServer::start().await;
+        let (broker, rec) = redis_broker(&redis, settings(size)).await;
+        conformance(broker, rec, true).await;
     }
-    conformance(broker, rec, true).await;
 }
 
 /// The Hub builds its broker inside `Arc::new_cyclic`: the handler cannot be upgraded yet
@@ -157,7 +211,7 @@ async fn the_redis_broker_connects_even_if_its_handler_is_not_built_yet() {
     let mut broker = None;
     let handler = Arc::new_cyclic(|me: &Weak<Recorder>| {
         let weak: Weak<dyn Deliver> = me.clone();
-        let b = RedisBroker::start(link, weak, 64 * 1024, 1 << 20);
+        let b = RedisBroker::start(link, weak, settings(1000));
         // Give the supervisors every chance to run before the handler exists.
         std::thread::sleep(Duration::from_millis(200));
         broker = Some(b);
@@ -186,7 +240,7 @@ async fn a_confirmed_control_message_waits_for_every_handler() {
 
     let rec = Arc::new(Recorder { hold: held, ..Recorder::default() });
     let handler: Weak<dyn Deliver> = Arc::downgrade(&(rec.clone() as Arc<dyn Deliver>));
-    let memory = MemoryBroker::new(handler, 1024);
+    let memory = MemoryBroker::new(handler, 1024, 0, Duration::from_secs(60));
     let started = std::time::Instant::now();
     memory.publish_control_confirmed(&msg).await.unwrap();
     assert!(started.elapsed() >= held, "returned before the handler was done");
@@ -197,7 +251,7 @@ async fn a_confirmed_control_message_waits_for_every_handler() {
         let rec = Arc::new(Recorder { hold, ..Recorder::default() });
         let handler: Weak<dyn Deliver> = Arc::downgrade(&(rec.clone() as Arc<dyn Deliver>));
         let link = Arc::new(RedisLink::new(&redis.url()).unwrap());
-        (RedisBroker::start(link, handler, 1024, 1 << 20), rec)
+        (RedisBroker::start(link, handler, settings(0)), rec)
     };
     let ((a, on_a), (b, on_b)) = (node(Duration::ZERO), node(held));
     for _ in 0..500 {

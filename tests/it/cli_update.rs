@@ -76,5 +76,5 @@ async fn keys_update_changes_each_field_and_refuses_bad_input() {
     assert_eq!(code, 0);
     let (code, _, err) = run(d, &["keys", "update", &id, "--name", "x"]).await;
     assert_eq!(code, 1);
-    assert!(err.contains("key_revoked"), "{err}");
+    assert!(err.contains("revoked"), "{err}");
 }

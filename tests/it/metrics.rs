@@ -56,7 +56,19 @@ async fn metrics_are_prometheus_text_by_default_and_openmetrics_on_request() {
     assert_eq!(c.recv().await["event"], "task.one");
     let _ = WsClient::try_connect(&s.ws_url("mt_test_sk_nope")).await;
 
-    let (ct, text) = scrape(&s, None).await;
+    // The pump observes the delivery right after its flush, which the client may outrun.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let (ct, text) = loop {
+        let (ct, text) = scrape(&s, None).await;
+        if text.contains("miteos_delivery_seconds_count 1")
+            || tokio::time::Instant::now() > deadline
+        {
+            break (ct, text);
+        }
+        tokio::task::yield_now().await;
+    };
+    assert!(text.contains("miteos_delivery_seconds_count 1"), "{text}");
+    assert!(text.contains("# TYPE miteos_delivery_seconds histogram"), "{text}");
     assert_eq!(ct, "text/plain; version=0.0.4; charset=utf-8");
     assert!(text.contains("# TYPE miteos_deliveries_total counter"), "{text}");
     assert!(!text.contains("# EOF"), "{text}");

@@ -55,7 +55,7 @@ proptest! {
 
     #[test]
     fn producer_decoder_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
-        let _ = decode(Topic::Tasks, &bytes, 256);
+        let _ = decode(Topic::Tasks, &bytes, 256, std::time::Instant::now());
     }
 
     #[test]
@@ -68,7 +68,7 @@ proptest! {
             Some(id) => format!("{{\"event\":{},\"data\":{data},\"id\":{}}}", serde_json::json!(event), serde_json::json!(id)),
             None => format!("{{\"event\":{},\"data\":{data}}}", serde_json::json!(event)),
         };
-                if let Ok(e) = decode(Topic::Agents, text.as_bytes(), 1 << 16) {
+                if let Ok(e) = decode(Topic::Agents, text.as_bytes(), 1 << 16, std::time::Instant::now()) {
             // A decoded event's frame is valid JSON carrying the same name and channel.
             // (`data` passes through verbatim: RFC 8259 numbers such as 1e400 are kept even
             // though serde_json::Value would refuse them, so read only the envelope.)
@@ -84,7 +84,7 @@ proptest! {
     fn encode_then_decode_round_trips(event in "[a-z]{1,10}(\\.[a-z]{1,10}){0,3}", n in any::<i64>()) {
         let data = serde_json::value::to_raw_value(&serde_json::json!({"n": n})).unwrap();
         let (bytes, id) = encode(&event, None, None, &data);
-        let e = decode(Topic::Tasks, &bytes, 1 << 16).unwrap();
+        let e = decode(Topic::Tasks, &bytes, 1 << 16, std::time::Instant::now()).unwrap();
         let v: serde_json::Value = serde_json::from_str(e.frame.as_str()).unwrap();
         prop_assert_eq!(v["id"].as_str(), Some(id.as_str()));
         prop_assert_eq!(v["data"]["n"].as_i64(), Some(n));

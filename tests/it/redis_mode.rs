@@ -280,7 +280,7 @@ async fn the_binary_in_redis_mode_cli_publish_and_cluster_wide_cli_revocation() 
     assert!(ready, "the node never became ready:\n{}", served.output());
     let (mut c, _) =
         WsClient::authed(&format!("ws://{}/v1/ws?token={token}", served.addr), &token).await;
-    let (code, _, err) = run(
+    let (code, out, err) = run(
         other_dir.path(),
         &[
             "--redis-url",
@@ -300,7 +300,13 @@ async fn the_binary_in_redis_mode_cli_publish_and_cluster_wide_cli_revocation() 
     )
     .await;
     assert_eq!(code, 0, "{err}");
-    assert_eq!(c.recv().await["event"], "task.cli");
+    // One JSON line with the event's position (SPEC §5), the offset the subscriber sees.
+    let answer: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    assert_eq!((answer["channel"].as_str(), answer["offset"].as_u64()), (Some("tasks"), Some(1)));
+    assert!(answer["epoch"].as_str().is_some_and(|e| !e.is_empty()), "{out}");
+    let e = c.recv().await;
+    assert_eq!((e["event"].as_str(), e["offset"].as_u64()), (Some("task.cli"), Some(1)));
+    assert_eq!(e["id"], answer["id"]);
     let (code, _, err) = run(other_dir.path(), &["--redis-url", &url, "keys", "revoke", &id]).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(c.expect_close().await, 4003, "a CLI revocation reaches the running node");

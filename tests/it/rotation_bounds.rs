@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use miteos_stream::{
-    broker::{Broker, BrokerError, ChannelKey, ControlMessage},
+    broker::{Broker, BrokerError, ChannelKey, ControlMessage, HistoryPage, Position},
     ids::{AccountId, KeyId},
     keys::{embedded::EmbeddedKeyStore, service::KeyService, service::NewKey, StoreError},
     scope::{Environment, Scope},
@@ -122,8 +122,19 @@ impl Broker for Unreachable {
     async fn unsubscribe(&self, _: &ChannelKey) -> Result<(), BrokerError> {
         Ok(())
     }
-    async fn publish(&self, _: &ChannelKey, _: Bytes) -> Result<(), BrokerError> {
-        Ok(())
+    async fn publish(&self, _: &ChannelKey, _: Bytes) -> Result<Option<Position>, BrokerError> {
+        Ok(None)
+    }
+    async fn head(&self, _: &ChannelKey) -> Result<Option<Position>, BrokerError> {
+        Ok(None)
+    }
+    async fn history(
+        &self,
+        _: &ChannelKey,
+        _: Option<u64>,
+        _: usize,
+    ) -> Result<Option<HistoryPage>, BrokerError> {
+        Ok(None)
     }
     async fn publish_control(&self, _: &ControlMessage) -> Result<(), BrokerError> {
         Err(BrokerError::Unavailable("down".into()))

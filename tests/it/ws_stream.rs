@@ -89,7 +89,13 @@ async fn unsubscribe_and_resubscribe_with_an_event_filter() {
     assert_eq!(c.recv().await["event"], "agent.marker");
 
     c.send(json!({"type": "subscribe", "channels": ["tasks"], "events": ["task.*"]})).await;
-    assert_eq!(c.recv().await, json!({"type": "subscribed", "channels": ["tasks"]}));
+    let subscribed = c.recv().await;
+    assert_eq!(
+        (&subscribed["type"], &subscribed["channels"]),
+        (&json!("subscribed"), &json!(["tasks"]))
+    );
+    // One event was published to tasks while unsubscribed: the position says so.
+    assert_eq!(subscribed["positions"]["tasks"]["offset"], 1);
     for name in ["job.started", "task", "task.completed", "tasks.x", "task.step.done"] {
         s.publish(&mut admin, "acct_a", "live", "tasks", name, json!({})).await;
     }

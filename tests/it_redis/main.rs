@@ -11,6 +11,8 @@ mod support;
 mod api_keys;
 #[path = "../it/browser_keys.rs"]
 mod browser_keys;
+#[path = "../it/continuity.rs"]
+mod continuity;
 #[path = "../it/http_admin.rs"]
 mod http_admin;
 #[path = "../it/ip_allowlist.rs"]
@@ -40,3 +42,7 @@ mod ws_heartbeat;
 mod ws_slow_consumer;
 #[path = "../it/ws_stream.rs"]
 mod ws_stream;
+
+// Redis only: history through the function library (SPEC §5, §7).
+mod history;
+mod history_function;

@@ -10,7 +10,8 @@
 //! its cache. Either way, when a confirmed publish returns, no node authenticates with what
 //! it cached before the change.
 //!
-//! May use: the parent module (its `Inner`).  Never: carry events.
+//! May use: the parent module (its `Inner`), broker (ControlMessage, Done), ids.
+//! Never: carry events.
 
 use std::{
     collections::HashMap,

@@ -3,11 +3,12 @@
 //! of its own, so a flood of events never delays a revocation; publishing goes over the
 //! shared command connection.
 //!
-//! Ingress is bounded: the event connection's reader only moves messages into a queue of at
-//! most `max_broker_queue_bytes`, which one delivery task drains into the Hub in order. A node that
-//! cannot keep up (the queue is full) drops its event connection — an overflow, counted —
-//! and reconnects: Redis discards what it published meanwhile, the node reports a `Gap`, and
-//! memory stays bounded instead of growing until the process is killed.
+//! Ingress is bounded (`ingress`): a node that cannot keep up drops its event connection —
+//! an overflow, counted — and reconnects: Redis discards what it published meanwhile, the
+//! node reports a `Gap`, and memory stays bounded instead of growing until it is killed.
+//!
+//! With history on (`history`), publishing is a call of the `miteos` function library,
+//! loaded on every (re)connect before the `Gap` is reported, so the node can repair it.
 //!
 //! Key updates are published *confirmed*: the call returns once every node acknowledged
 //! (or must have noticed it can no longer hear control messages), see `control`.
@@ -17,8 +18,8 @@
 //! every reconnect (Redis pub/sub is at-most-once: what was published meanwhile is lost), and
 //! pings the connection so a silent failure is noticed.
 //!
-//! Owns: the pub/sub connection, the desired set, readiness.  May use: broker, codec,
-//! redis_link.  Never: PSUBSCRIBE, a task per message.
+//! Owns: the pub/sub connection, the desired set, readiness.  May use: broker,
+//! broker::codec, ids, redis_link, its submodules.  Never: PSUBSCRIBE, a task per message.
 
 use std::{
     collections::HashSet,
@@ -26,21 +27,27 @@ use std::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Weak,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
-use futures::StreamExt;
 use parking_lot::Mutex;
 use rand::Rng;
 use redis::aio::PubSubSink;
 
 mod control;
+mod history;
+mod ingress;
 
 pub use control::CONFIRM_WITHIN;
 
-use super::{codec, Broker, BrokerError, ChannelKey, ControlMessage, Deliver, Delivery};
+use super::{
+    codec, Broker, BrokerError, ChannelKey, ControlMessage, Deliver, Delivery, HistoryPage,
+    Position,
+};
 use crate::{ids::random_base62, redis_link::RedisLink};
+use history::History;
+pub use history::{history_keys, library, LIBRARY};
 
 /// The channel every node listens to for key revocations and rotations.
 pub const CONTROL_CHANNEL: &str = "mt:control";
@@ -53,11 +60,28 @@ pub struct RedisBroker {
     inner: Arc<Inner>,
 }
 
+/// What a Redis broker is configured with (from `Config`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub max_event_bytes: usize,
+    /// Bounds what was read from Redis and not yet delivered (`max_broker_queue_bytes`).
+    pub max_queued_bytes: usize,
+    /// Events kept per channel; 0 turns history off (plain PUBLISH, no offsets).
+    pub history_size: usize,
+    pub history_ttl: Duration,
+    /// Whether to (re)install the function library on every connect (a node); else only
+    /// when a call finds it missing (a one-shot command, whose settings may differ).
+    pub install_library: bool,
+}
+
 struct Inner {
     link: Arc<RedisLink>,
     handler: Weak<dyn Deliver>,
     node: String,
     max_event_bytes: usize,
+    /// `None` with history off.
+    history: Option<History>,
+    install_library: bool,
     desired: Mutex<HashSet<String>>,
     /// The live event connection's subscribe handle; `None` while disconnected.
     sink: Mutex<Option<PubSubSink>>,
@@ -77,7 +101,7 @@ struct Inner {
 /// What the reader hands the delivery task.
 enum Queued {
     /// The crate's message as received: it owns its bytes, so queueing copies nothing.
-    Message(redis::Msg),
+    Message(redis::Msg, Instant),
     Gap,
     Overflow,
 }
@@ -87,20 +111,19 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
 }
 
 impl RedisBroker {
-    /// Starts the supervisor task; the broker becomes ready once Redis answers.
-    /// `max_queued_bytes` bounds what was read from Redis and not yet delivered.
-    pub fn start(
-        link: Arc<RedisLink>,
-        handler: Weak<dyn Deliver>,
-        max_event_bytes: usize,
-        max_queued_bytes: usize,
-    ) -> Self {
+    /// Starts the supervisor tasks; the broker becomes ready once Redis answers (and, with
+    /// history on, has the function library loaded).
+    pub fn start(link: Arc<RedisLink>, handler: Weak<dyn Deliver>, settings: Settings) -> Self {
+        let Settings { max_event_bytes, max_queued_bytes, history_size, history_ttl, .. } =
+            settings;
         let (queue, queued) = tokio::sync::mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             link,
             handler,
             node: random_base62(12),
             max_event_bytes,
+            history: History::new(history_size, history_ttl, max_event_bytes),
+            install_library: settings.install_library,
             desired: Mutex::new(HashSet::new()),
             sink: Mutex::new(None),
             ready: AtomicBool::new(false),
@@ -113,7 +136,7 @@ impl RedisBroker {
         });
         tokio::spawn(supervise(Arc::downgrade(&inner)));
         tokio::spawn(control::supervise(Arc::downgrade(&inner)));
-        tokio::spawn(drain(Arc::downgrade(&inner), queued));
+        tokio::spawn(ingress::drain(Arc::downgrade(&inner), queued));
         Self { inner }
     }
 
@@ -130,23 +153,10 @@ impl Inner {
         }
     }
 
-    /// Queues one event message for the delivery task; `false` when the queue is full.
-    fn enqueue(&self, msg: redis::Msg) -> bool {
-        let size = queued_size(&msg);
-        if self.queued_bytes.fetch_add(size, Ordering::AcqRel) + size > self.max_queued_bytes {
-            self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
-            return false;
-        }
-        self.queue.send(Queued::Message(msg)).is_ok()
-    }
-
-    /// One event message, in arrival order (on the delivery task).
-    fn on_message(&self, channel: &str, payload: &[u8]) {
-        let Some(key) = ChannelKey::parse(channel) else { return };
-        match codec::decode(key.topic, payload, self.max_event_bytes) {
-            Ok(event) => self.deliver(Delivery::Event { channel: key, event }),
-            Err(error) => self.deliver(Delivery::Malformed { channel: channel.to_owned(), error }),
-        }
+    /// The largest published message a node decodes: the function adds the position (and
+    /// `id`, `created_at`) to what the producer sent, which `max_event_bytes` bounds.
+    fn max_decoded_bytes(&self) -> usize {
+        self.max_event_bytes + if self.history.is_some() { history::ADDED_BYTES } else { 0 }
     }
 }
 
@@ -172,7 +182,7 @@ async fn supervise(weak: Weak<Inner>) {
                     tracing::info!("connected to redis");
                 }
                 connected_before = true;
-                read(&inner, stream).await;
+                ingress::read(&inner, stream).await;
                 inner.ready.store(false, Ordering::SeqCst);
                 *inner.sink.lock() = None;
                 tracing::warn!("lost the redis subscription connection; reconnecting");
@@ -224,58 +234,14 @@ async fn connect(inner: &Inner) -> Result<redis::aio::PubSubStream, BrokerError>
             .map_err(unavailable)?
             .map_err(unavailable)?;
     }
+    // Before the node reports the gap of a reconnect: repairing it reads history. A Redis
+    // restarted empty has no functions.
+    if let Some(history) = inner.history.as_ref().filter(|_| inner.install_library) {
+        tokio::time::timeout(COMMAND_TIMEOUT, history.load(&inner.link))
+            .await
+            .map_err(unavailable)??;
+    }
     Ok(stream)
-}
-
-/// Reads the event subscription into the bounded queue, pinging it when quiet, until it
-/// fails or the queue overflows (then the connection is dropped: an overflow gap).
-async fn read(inner: &Inner, mut stream: redis::aio::PubSubStream) {
-    let mut health = tokio::time::interval(HEALTH_EVERY);
-    health.tick().await;
-    loop {
-        tokio::select! {
-            msg = stream.next() => match msg {
-                Some(msg) => {
-                    if !inner.enqueue(msg) {
-                        tracing::warn!(
-                            "this node delivers slower than events arrive: dropping its redis \
-                             subscription (events published until it is back are lost)"
-                        );
-                        let _ = inner.queue.send(Queued::Overflow);
-                        return;
-                    }
-                }
-                None => return,
-            },
-            _ = health.tick() => {
-                let Some(mut sink) = inner.sink.lock().clone() else { return };
-                let pong = tokio::time::timeout(COMMAND_TIMEOUT, sink.ping::<redis::Value>()).await;
-                if !matches!(pong, Ok(Ok(_))) {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// What a queued message counts against `max_broker_queue_bytes`.
-fn queued_size(msg: &redis::Msg) -> usize {
-    msg.get_payload_bytes().len() + msg.get_channel_name().len()
-}
-
-/// The delivery task: hands queued messages to the Hub in order, until the broker is gone.
-async fn drain(weak: Weak<Inner>, mut queued: tokio::sync::mpsc::UnboundedReceiver<Queued>) {
-    while let Some(item) = queued.recv().await {
-        let Some(inner) = weak.upgrade() else { return };
-        match item {
-            Queued::Message(msg) => {
-                inner.on_message(msg.get_channel_name(), msg.get_payload_bytes());
-                inner.queued_bytes.fetch_sub(queued_size(&msg), Ordering::AcqRel);
-            }
-            Queued::Gap => inner.deliver(Delivery::Gap),
-            Queued::Overflow => inner.deliver(Delivery::Overflow),
-        }
-    }
 }
 
 #[async_trait::async_trait]
@@ -305,15 +271,47 @@ impl Broker for RedisBroker {
             .map_err(unavailable)
     }
 
-    async fn publish(&self, channel: &ChannelKey, event_json: Bytes) -> Result<(), BrokerError> {
-        let mut conn = self.inner.link.conn().await.map_err(unavailable)?;
-        redis::cmd("PUBLISH")
-            .arg(channel.name())
-            .arg(event_json.as_ref())
-            .query_async::<i64>(&mut conn)
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
+    async fn publish(
+        &self,
+        channel: &ChannelKey,
+        event_json: Bytes,
+    ) -> Result<Option<Position>, BrokerError> {
+        let inner = &self.inner;
+        let Some(history) = &inner.history else {
+            let mut conn = inner.link.conn().await.map_err(unavailable)?;
+            return redis::cmd("PUBLISH")
+                .arg(channel.name())
+                .arg(event_json.as_ref())
+                .query_async::<i64>(&mut conn)
+                .await
+                .map(|_| None)
+                .map_err(unavailable);
+        };
+        match history.publish(&inner.link, channel, &event_json).await {
+            Ok(position) => Ok(Some(position)),
+            Err(BrokerError::InvalidEvent(error)) => {
+                // Refused before it reached any node: report it here, as nodes would have.
+                inner
+                    .deliver(Delivery::Malformed { channel: channel.name(), error: error.clone() });
+                Err(error.into())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn head(&self, channel: &ChannelKey) -> Result<Option<Position>, BrokerError> {
+        let Some(history) = &self.inner.history else { return Ok(None) };
+        history.head(&self.inner.link, channel).await.map(Some)
+    }
+
+    async fn history(
+        &self,
+        channel: &ChannelKey,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Option<HistoryPage>, BrokerError> {
+        let Some(history) = &self.inner.history else { return Ok(None) };
+        history.read(&self.inner.link, channel, after, limit).await.map(Some)
     }
 
     async fn publish_control(&self, msg: &ControlMessage) -> Result<(), BrokerError> {

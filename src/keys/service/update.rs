@@ -4,8 +4,7 @@
 //! call returns, every node has evicted its cached copy and applied the record to the key's
 //! open streams (`control`).
 //!
-//! May use: the parent module, keys, auth's `Principal`, broker (ControlMessage), error,
-//! scope.
+//! May use: the parent module, keys (and its `Principal`), broker (ControlMessage), ids, scope.
 
 use std::sync::Arc;
 
@@ -13,13 +12,11 @@ use ipnet::IpNet;
 use parking_lot::Mutex;
 use time::OffsetDateTime;
 
-use super::{callers_limits, KeyService};
+use super::{callers_limits, KeyError, KeyService};
 use crate::{
-    auth::Principal,
     broker::ControlMessage,
-    error::ApiError,
     ids::KeyId,
-    keys::KeyRecord,
+    keys::{KeyRecord, Principal},
     scope::{Scope, ScopeSet},
 };
 
@@ -61,32 +58,24 @@ struct Rule {
     parent: KeyRecord,
 }
 
-fn key_revoked() -> ApiError {
-    ApiError::invalid_param("id", "A revoked key cannot be updated.").with_code("key_revoked")
-}
-
-fn key_expired() -> ApiError {
-    ApiError::invalid_param("id", "An expired key cannot be updated.").with_code("key_expired")
-}
-
 impl KeyService {
     /// Updates a key of the caller's account and environment (404 otherwise) into one the
-    /// caller could have created: its scopes within the caller's (403 `scope_escalation`),
-    /// expiring no later than the caller and inside the caller's allowlist. A revoked or
-    /// expired key is 400 `key_revoked` / `key_expired`.
+    /// caller could have created: its scopes within the caller's, expiring no later than the
+    /// caller and inside the caller's allowlist. A revoked or expired key is refused
+    /// (`KeyError::Revoked` / `Expired`).
     pub async fn update_for(
         &self,
         caller: &Principal,
         id: &KeyId,
         changes: Changes,
-    ) -> Result<KeyRecord, ApiError> {
+    ) -> Result<KeyRecord, KeyError> {
         self.get_for(caller, id).await?;
         let parent = self.callers_record(caller).await?;
         self.apply_update(id, changes, Some(Rule { scopes: caller.scopes, parent })).await
     }
 
     /// Updates a key with no privilege rule (the operator's CLI).
-    pub async fn update(&self, id: &KeyId, changes: Changes) -> Result<KeyRecord, ApiError> {
+    pub async fn update(&self, id: &KeyId, changes: Changes) -> Result<KeyRecord, KeyError> {
         self.apply_update(id, changes, None).await
     }
 
@@ -95,9 +84,9 @@ impl KeyService {
         id: &KeyId,
         changes: Changes,
         rule: Option<Rule>,
-    ) -> Result<KeyRecord, ApiError> {
+    ) -> Result<KeyRecord, KeyError> {
         // What the last run of the change decided (it may run again on a fresher record).
-        let decided: Arc<Mutex<Result<bool, ApiError>>> = Arc::new(Mutex::new(Ok(false)));
+        let decided: Arc<Mutex<Result<bool, KeyError>>> = Arc::new(Mutex::new(Ok(false)));
         let out = decided.clone();
         let rec = self
             .store
@@ -133,18 +122,18 @@ fn decide(
     r: &KeyRecord,
     changes: &Changes,
     rule: Option<&Rule>,
-) -> Result<Option<KeyRecord>, ApiError> {
+) -> Result<Option<KeyRecord>, KeyError> {
     if r.revoked_at.is_some() {
-        return Err(key_revoked());
+        return Err(KeyError::Revoked);
     }
     if r.expires_at.is_some_and(|t| t <= OffsetDateTime::now_utc()) {
-        return Err(key_expired());
+        return Err(KeyError::Expired);
     }
     let mut new = r.clone();
     changes.apply_to(&mut new);
     if let Some(rule) = rule {
         if let Some(s) = new.scopes.iter().find(|s| !rule.scopes.contains(**s)) {
-            return Err(ApiError::scope_escalation(s.as_str()));
+            return Err(KeyError::ScopeEscalation(*s));
         }
         callers_limits(&rule.parent, new.expires_at, &new.ip_allowlist)?;
     }

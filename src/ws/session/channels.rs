@@ -2,15 +2,15 @@
 //! `unsubscribe`, validated as a whole before anything changes; and the topics a key update
 //! takes away (`regrant`).
 //!
-//! May use: the parent module, hub, protocol.
+//! May use: the parent module, hub, broker (`ChannelKey`, `Position`), scope, protocol.
 
 use std::sync::Arc;
 
 use super::Session;
 use crate::{
-    broker::BrokerError,
+    broker::{BrokerError, Position},
     hub::Grant,
-    protocol::{filter::EventFilter, ServerMessage},
+    protocol::{filter::EventFilter, Resume, ServerMessage},
     scope::Topic,
 };
 
@@ -52,7 +52,12 @@ impl Session {
         Ok(topics)
     }
 
-    pub(super) async fn subscribe(&mut self, names: &[String], events: Option<&[String]>) {
+    pub(super) async fn subscribe(
+        &mut self,
+        names: &[String],
+        events: Option<&[String]>,
+        resume: Option<&Resume>,
+    ) {
         let topics = match self.parse_channels(names, true) {
             Ok(t) => t,
             Err(e) => return self.send(e),
@@ -77,16 +82,14 @@ impl Session {
                 ))
             }
         };
-        for topic in &topics {
-            if self.join(*topic, filter.clone()).await.is_err() {
-                return self.send(ServerMessage::error(
-                    "broker_unavailable",
-                    "the event broker is unavailable; retry later",
-                    None,
-                ));
-            }
+        let reply = |positions| ServerMessage::Subscribed { channels: topics.clone(), positions };
+        if self.join_all(&topics, filter, resume, reply).await.is_err() {
+            self.send(ServerMessage::error(
+                "broker_unavailable",
+                "the event broker is unavailable; retry later",
+                None,
+            ));
         }
-        self.send(ServerMessage::Subscribed { channels: topics });
     }
 
     pub(super) fn unsubscribe(&mut self, names: &[String]) {
@@ -122,19 +125,21 @@ impl Session {
         Some(grant)
     }
 
+    /// Joins one channel (or replaces its filter if joined already). Returns the channel's
+    /// position at the join and whether the session was new on it.
     pub(super) async fn join(
         &mut self,
         topic: Topic,
         filter: Option<Arc<EventFilter>>,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<(Option<Position>, bool), BrokerError> {
         let key = self.reg.key(topic);
-        if self.reg.topics.contains(topic)
-            && self.state.hub.set_filter(&key, &self.outbox, filter.clone())
-        {
-            return Ok(());
+        if self.reg.topics.contains(topic) {
+            if let Some(position) = self.state.hub.set_filter(&key, &self.outbox, filter.clone()) {
+                return Ok((position, false));
+            }
         }
-        self.state.hub.subscribe(&key, &self.outbox, filter).await?;
+        let position = self.state.hub.subscribe(&key, &self.outbox, filter).await?;
         self.reg.topics = self.reg.topics.with(topic);
-        Ok(())
+        Ok((position, true))
     }
 }

@@ -2,8 +2,10 @@
 //! auto-subscription, the client-message loop (subscribe, unsubscribe, ping), key updates
 //! (the grant the Hub holds for it, applied when nudged), and teardown.
 //!
-//! Owns: the session's subscriptions and its exit code.  May use: hub, outbox, protocol,
-//! auth's `Principal`, control (to re-read a key that changed while registering), metrics.  Never: write to the socket except through `Conn`.
+//! Owns: the session's subscriptions and its exit code.  May use: state, hub, outbox,
+//! protocol, keys (`Principal`), broker, budget, slots, ids, scope, token, metrics, refusals,
+//! control (to re-read a key that changed while registering).
+//! Never: write to the socket except through `Conn`.
 //! Invariants: `auth.success` is queued before any event; every exit path closes with one
 //! `CloseCode` (or the client left first); the Registration guard always deregisters.
 
@@ -14,19 +16,20 @@ use tokio_tungstenite::{tungstenite::Message, WebSocketStream};
 use tracing::Instrument;
 
 mod channels;
+mod resume;
 
 use super::conn::{Conn, Step};
 use crate::{
-    auth::Principal,
     broker::ChannelKey,
-    budget::Held,
+    budget::{ConnPermit, Held},
     hub::{Grant, Hub, SessionEntry},
     ids::{AccountId, ConnId, KeyId},
+    keys::Principal,
     metrics::{CloseLabel, Metrics},
     outbox::{Outbox, Push},
     protocol::{close::CloseCode, ClientMessage, ServerMessage},
+    refusals::{self, Refused},
     scope::{Environment, ScopeSet, Topic, TopicSet},
-    server::ConnPermit,
     slots::{self, Slot},
     state::AppState,
     token::TokenHash,
@@ -152,7 +155,13 @@ where
     if state.shutdown.token.is_cancelled() {
         outbox.close(CloseCode::GoingAway);
     }
-    let mut conn = Conn::new(ws, outbox.clone(), cfg.ping_interval, cfg.pong_timeout);
+    let mut conn = Conn::new(
+        ws,
+        outbox.clone(),
+        cfg.ping_interval,
+        cfg.pong_timeout,
+        state.metrics.delivery_seconds.clone(),
+    );
     conn.set_expiry(principal.expires_at.map(deadline_of));
     let messages = state.limits.message_limiter().map(Box::new);
     let span = tracing::debug_span!("ws", conn = %conn_id, key_id = %principal.key_id);
@@ -197,6 +206,7 @@ impl Session {
         let first = conn.first_message(self.state.config.auth_timeout).await.map_err(|step| {
             if matches!(step, Step::Close(CloseCode::AuthTimeout)) {
                 self.state.metrics.auth_failure("ws_auth_timeout");
+                refusals::refused_key(Refused::Stream, "ws_auth_timeout", &principal.key_id);
             }
             Box::new(step)
         })?;
@@ -235,6 +245,7 @@ impl Session {
             }
             Ok(Err(_full)) => {
                 self.state.metrics.rate_limited("connections_race");
+                refusals::refused_key(Refused::Stream, "connections_race", key);
                 Err(CloseCode::TooManyConnections)
             }
             Err(e) => {
@@ -253,38 +264,42 @@ impl Session {
         expected: &TokenHash,
     ) -> Result<Option<Grant>, CloseCode> {
         let Message::Text(text) = first else {
-            return Err(self.auth_failed("ws_auth_invalid_message"));
+            return Err(self.auth_failed("ws_auth_invalid_message", principal));
         };
-        let credential = match ClientMessage::parse(&text) {
-            Ok(ClientMessage::Auth { token: Some(t), ticket: None }) => t,
-            Ok(ClientMessage::Auth { token: None, ticket: Some(t) }) => t,
-            _ => return Err(self.auth_failed("ws_auth_invalid_message")),
+        let (credential, resume) = match ClientMessage::parse(&text) {
+            Ok(ClientMessage::Auth { token: Some(t), ticket: None, resume }) => (t, resume),
+            Ok(ClientMessage::Auth { token: None, ticket: Some(t), resume }) => (t, resume),
+            _ => return Err(self.auth_failed("ws_auth_invalid_message", principal)),
         };
         if !TokenHash::of(&credential).ct_eq(expected) {
-            return Err(self.auth_failed("ws_auth_mismatch"));
+            return Err(self.auth_failed("ws_auth_mismatch", principal));
         }
         // The key may have changed while the client took its time to authenticate.
         let granted = self.regrant();
         if self.readable.is_empty() {
             return Err(CloseCode::KeyRevoked);
         }
-        let success = ServerMessage::AuthSuccess {
+        let topics = self.readable.to_vec();
+        let (connection_id, key_id) = (self.reg.conn.to_string(), principal.key_id.to_string());
+        let (environment, channels) = (principal.environment, topics.clone());
+        let reply = move |positions| ServerMessage::AuthSuccess {
             message: "Authenticated successfully",
-            connection_id: self.reg.conn.to_string(),
-            key_id: principal.key_id.to_string(),
-            environment: principal.environment,
-            channels: self.readable.to_vec(),
+            connection_id,
+            key_id,
+            environment,
+            channels,
+            positions,
         };
-        self.send(success);
-        for topic in self.readable.iter() {
-            self.join(topic, None).await.map_err(|_| CloseCode::TryAgainLater)?;
-        }
+        self.join_all(&topics, None, resume.as_ref(), reply)
+            .await
+            .map_err(|_| CloseCode::TryAgainLater)?;
         tracing::debug!("authenticated");
         Ok(granted)
     }
 
-    fn auth_failed(&self, why: &'static str) -> CloseCode {
+    fn auth_failed(&self, why: &'static str, principal: &Principal) -> CloseCode {
         self.state.metrics.auth_failure(why);
+        refusals::refused_key(Refused::Stream, why, &principal.key_id);
         CloseCode::AuthFailed
     }
 
@@ -318,8 +333,8 @@ impl Session {
     async fn on_text(&mut self, text: &str) {
         match ClientMessage::parse(text) {
             Ok(ClientMessage::Ping) => self.send(ServerMessage::Pong),
-            Ok(ClientMessage::Subscribe { channels, events }) => {
-                self.subscribe(&channels, events.as_deref()).await
+            Ok(ClientMessage::Subscribe { channels, events, resume }) => {
+                self.subscribe(&channels, events.as_deref(), resume.as_ref()).await
             }
             Ok(ClientMessage::Unsubscribe { channels }) => self.unsubscribe(&channels),
             Ok(ClientMessage::Auth { .. }) => {

@@ -131,7 +131,8 @@ impl TestServer {
         HttpClient::connect(self.admin_addr).await
     }
 
-    /// Publishes one event through the admin endpoint and asserts it was accepted.
+    /// Publishes one event through the admin endpoint, asserts it was accepted and returns
+    /// the answer (`id`, `channel`, and with history `offset` and `epoch`).
     pub async fn publish(
         &self,
         admin: &mut HttpClient,
@@ -140,11 +141,12 @@ impl TestServer {
         channel: &str,
         event: &str,
         data: Value,
-    ) {
+    ) -> Value {
         let body = serde_json::json!({"account_id": account, "environment": env, "channel": channel, "event": event, "data": data});
         let resp =
             admin.post_json("/internal/v1/publish", Some(ADMIN_TOKEN), &body.to_string()).await;
         assert_eq!(resp.status, 200, "publish failed: {}", resp.body);
+        resp.json()
     }
 
     /// The current value of a metric line (exact name with labels), 0 if absent.

@@ -1,7 +1,7 @@
 //! Node metrics and their text exports (admin listener `/metrics`): the Prometheus text
 //! format 0.0.4 by default, OpenMetrics 1.0 when the scraper asks for it.
 //!
-//! Owns: metric names and help texts.  May use: prometheus-client.  Never: label a metric
+//! Owns: metric names and help texts.  May use: prometheus-client, its child `latency`.  Never: label a metric
 //! with a secret or any unbounded value (only codes from closed sets).
 //! Invariants: the per-delivery path adds to a counter once per event, not once per socket.
 
@@ -15,6 +15,9 @@ use prometheus_client::{
     },
     registry::Registry,
 };
+
+mod latency;
+pub use latency::LatencyHistogram;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
@@ -57,11 +60,20 @@ pub struct Metrics {
     pub slow_consumer_closes: Counter,
     pub broker_gaps: Counter,
     pub broker_overflows: Counter,
+    /// Holes in a channel's offsets (or broker reconnects) that history filled / could not.
+    pub gaps_repaired: Counter,
+    pub gaps_unrepaired: Counter,
+    /// Resumes (SPEC §7) that delivered the missed events / that answered `recovered: false`.
+    pub resumes_recovered: Counter,
+    pub resumes_unrecovered: Counter,
     pub rate_limited: Family<LimitLabel, Counter>,
     /// Requests refused by a policy rather than a rate (an `Origin` not allowed, …).
     pub refused: Family<ReasonLabel, Counter>,
     /// From the start of a `/v1/ws` request to `auth.success` being queued.
     pub handshake_seconds: Histogram,
+    /// From the broker handing this node an event to its frame being flushed to a socket
+    /// (the oldest frame of each socket write).
+    pub delivery_seconds: LatencyHistogram,
 }
 
 impl Default for Metrics {
@@ -86,10 +98,15 @@ impl Metrics {
             slow_consumer_closes: Counter::default(),
             broker_gaps: Counter::default(),
             broker_overflows: Counter::default(),
+            gaps_repaired: Counter::default(),
+            gaps_unrepaired: Counter::default(),
+            resumes_recovered: Counter::default(),
+            resumes_unrecovered: Counter::default(),
             rate_limited: Family::default(),
             refused: Family::default(),
             // 1 ms … ~16 s.
             handshake_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            delivery_seconds: LatencyHistogram::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -153,6 +170,26 @@ impl Metrics {
             m.broker_overflows.clone(),
         );
         r.register(
+            "gaps_repaired",
+            "Holes in a channel's offsets and broker reconnects that this node repaired from history",
+            m.gaps_repaired.clone(),
+        );
+        r.register(
+            "gaps_unrepaired",
+            "Holes in a channel's offsets that history no longer covered (subscribers got a gap message)",
+            m.gaps_unrepaired.clone(),
+        );
+        r.register(
+            "resumes_recovered",
+            "Channel resumes that delivered every missed event",
+            m.resumes_recovered.clone(),
+        );
+        r.register(
+            "resumes_unrecovered",
+            "Channel resumes answered recovered: false",
+            m.resumes_unrecovered.clone(),
+        );
+        r.register(
             "rate_limited",
             "Requests and connections refused by a limit",
             m.rate_limited.clone(),
@@ -166,6 +203,11 @@ impl Metrics {
             "ws_handshake_seconds",
             "Time from a WebSocket request to auth.success",
             m.handshake_seconds.clone(),
+        );
+        r.register(
+            "delivery_seconds",
+            "Time from the broker handing this node an event to the socket write that carried it (oldest frame per write)",
+            m.delivery_seconds.clone(),
         );
         m
     }
@@ -264,6 +306,14 @@ mod tests {
             assert!(text.contains("# TYPE miteos_ws_handshake_seconds histogram"), "{text}");
             assert!(text.contains("miteos_ws_handshake_seconds_bucket{le=\"0.004\"} 1"), "{text}");
             assert!(text.contains("miteos_ws_handshake_seconds_count 1"), "{text}");
+        }
+        m.delivery_seconds.observe(std::time::Duration::from_micros(150));
+        for text in [m.render(), m.render_openmetrics()] {
+            assert!(text.contains("# TYPE miteos_delivery_seconds histogram"), "{text}");
+            assert!(text.contains("miteos_delivery_seconds_bucket{le=\"0.0001\"} 0"), "{text}");
+            assert!(text.contains("miteos_delivery_seconds_bucket{le=\"0.0002\"} 1"), "{text}");
+            assert!(text.contains("miteos_delivery_seconds_bucket{le=\"+Inf\"} 1"), "{text}");
+            assert!(text.contains("miteos_delivery_seconds_count 1"), "{text}");
         }
     }
 }

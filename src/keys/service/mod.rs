@@ -2,24 +2,25 @@
 //! Revocations, retirements and updates are announced to every node through the broker's
 //! control channel (this node's included).
 //!
-//! Owns: the rules that turn requests into records.  May use: keys, token, scope, broker
-//! (the trait only).  Never: touch sessions or sockets directly.
+//! Owns: the rules that turn requests into records.  May use: keys, ids, token, scope,
+//! broker (the trait only).  Never: touch sessions or sockets directly.
 
 use std::sync::Arc;
 
 use ipnet::IpNet;
 use time::OffsetDateTime;
 
+mod error;
 mod limits;
 mod update;
+
+pub use error::KeyError;
 use limits::callers_limits;
 pub use update::Changes;
 
-use super::{KeyRecord, KeyStore, Secret, StoreError};
+use super::{KeyRecord, KeyStore, Principal, Secret, StoreError};
 use crate::{
-    auth::Principal,
     broker::{Broker, ControlMessage},
-    error::ApiError,
     ids::{AccountId, KeyId},
     scope::{Environment, Scope},
     token::Token,
@@ -213,22 +214,18 @@ impl KeyService {
         &self,
         caller: &Principal,
         req: CreateRequest,
-    ) -> Result<Created, ApiError> {
+    ) -> Result<Created, KeyError> {
         if req.environment.is_some_and(|e| e != caller.environment) {
-            return Err(ApiError::environment_mismatch(format!(
-                "A {} key can only create {} keys.",
-                caller.environment, caller.environment
-            ))
-            .with_param("environment"));
+            return Err(KeyError::EnvironmentMismatch(caller.environment));
         }
         if let Some(scope) = escalation(caller, &req.scopes) {
-            return Err(ApiError::scope_escalation(scope.as_str()));
+            return Err(KeyError::ScopeEscalation(scope));
         }
         self.within_callers_limits(caller, req.expires_at, &req.ip_allowlist).await?;
         if self.max_keys_per_account > 0 {
             let held = self.store.list(&caller.account, None).await?;
             if held.iter().filter(|r| r.revoked_at.is_none()).count() >= self.max_keys_per_account {
-                return Err(ApiError::key_limit_reached(self.max_keys_per_account));
+                return Err(KeyError::KeyLimitReached(self.max_keys_per_account));
             }
         }
         let new = NewKey {
@@ -250,33 +247,33 @@ impl KeyService {
         caller: &Principal,
         expires_at: Option<OffsetDateTime>,
         ip_allowlist: &[IpNet],
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), KeyError> {
         let parent = self.callers_record(caller).await?;
         callers_limits(&parent, expires_at, ip_allowlist)
     }
 
-    async fn callers_record(&self, caller: &Principal) -> Result<KeyRecord, ApiError> {
-        self.store.get(&caller.key_id).await?.ok_or_else(ApiError::invalid_api_key)
+    async fn callers_record(&self, caller: &Principal) -> Result<KeyRecord, KeyError> {
+        self.store.get(&caller.key_id).await?.ok_or(KeyError::CallerUnknown)
     }
 
-    pub async fn list_for(&self, caller: &Principal) -> Result<Vec<KeyRecord>, ApiError> {
+    pub async fn list_for(&self, caller: &Principal) -> Result<Vec<KeyRecord>, KeyError> {
         Ok(self.store.list(&caller.account, Some(caller.environment)).await?)
     }
 
     /// A key of the caller's own account and environment; anything else is 404, exactly
     /// like a key that does not exist.
-    pub async fn get_for(&self, caller: &Principal, id: &KeyId) -> Result<KeyRecord, ApiError> {
+    pub async fn get_for(&self, caller: &Principal, id: &KeyId) -> Result<KeyRecord, KeyError> {
         match self.store.get(id).await? {
             Some(rec)
                 if rec.account_id == caller.account && rec.environment == caller.environment =>
             {
                 Ok(rec)
             }
-            _ => Err(ApiError::resource_missing("API key")),
+            _ => Err(KeyError::NotFound),
         }
     }
 
-    pub async fn revoke_for(&self, caller: &Principal, id: &KeyId) -> Result<KeyRecord, ApiError> {
+    pub async fn revoke_for(&self, caller: &Principal, id: &KeyId) -> Result<KeyRecord, KeyError> {
         self.get_for(caller, id).await?;
         Ok(self.revoke(id).await?)
     }
@@ -287,10 +284,10 @@ impl KeyService {
         caller: &Principal,
         id: &KeyId,
         grace_seconds: u64,
-    ) -> Result<Created, ApiError> {
+    ) -> Result<Created, KeyError> {
         let rec = self.get_for(caller, id).await?;
         if let Some(scope) = escalation(caller, &rec.scopes) {
-            return Err(ApiError::scope_escalation(scope.as_str()));
+            return Err(KeyError::ScopeEscalation(scope));
         }
         self.within_callers_limits(caller, rec.expires_at, &rec.ip_allowlist).await?;
         if rec.revoked_at.is_some() {
