@@ -4,6 +4,7 @@
 #   loadtest/bench.sh idle --clients 19000
 #   BENCH_REDIS_URL=redis://127.0.0.1:6390/ loadtest/bench.sh fanout --clients 10000 --mode burst
 # BENCH_SERVER and BENCH_CONFIG pick another binary and config (e.g. an older build).
+# LOADTEST_HISTORY=1 (Redis mode) publishes through the history function instead of PUBLISH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scenario=$1; shift

@@ -89,6 +89,10 @@ pub struct Publisher {
     /// Publish with Redis PUBLISH instead of the admin endpoint.
     #[arg(long)]
     pub redis_url: Option<String>,
+    /// With --redis-url: publish through the server's history function (`FCALL mt_publish`,
+    /// docs/PRODUCERS.md), as producers do with history on, instead of a plain PUBLISH.
+    #[arg(long, env = "LOADTEST_HISTORY")]
+    pub history: bool,
     /// Account and environment of the key (the events' channel).
     #[arg(long, default_value = "acct_local")]
     pub account: String,

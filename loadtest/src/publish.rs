@@ -22,6 +22,8 @@ pub enum Publisher {
     Redis {
         conn: redis::aio::MultiplexedConnection,
         name: String,
+        /// Through `FCALL mt_publish` on these keys (history on), else PUBLISH.
+        history: Option<[String; 2]>,
     },
 }
 
@@ -35,10 +37,9 @@ impl Publisher {
         if let Some(url) = &o.redis_url {
             let conn =
                 redis::Client::open(url.as_str())?.get_multiplexed_async_connection().await?;
-            return Ok(Publisher::Redis {
-                conn,
-                name: format!("mt:{}:{}:{}", o.env, o.account, o.channel),
-            });
+            let name = format!("mt:{}:{}:{}", o.env, o.account, o.channel);
+            let history = o.history.then(|| [format!("{{{name}}}:h"), format!("{{{name}}}:m")]);
+            return Ok(Publisher::Redis { conn, name, history });
         }
         let token = match &o.admin_token {
             Some(t) => t.clone(),
@@ -67,9 +68,23 @@ impl Publisher {
     pub async fn publish(&mut self, seq: u64, pad: &str) -> anyhow::Result<()> {
         let data = format!("{{\"t\":{},\"seq\":{seq},\"pad\":\"{pad}\"}}", now_ns());
         match self {
-            Publisher::Redis { conn, name } => {
+            Publisher::Redis { conn, name, history } => {
                 let msg = format!("{{\"event\":\"bench.tick\",\"data\":{data}}}");
-                let _: i64 = redis::cmd("PUBLISH").arg(&*name).arg(msg).query_async(conn).await?;
+                match history {
+                    Some(keys) => {
+                        let _: redis::Value = redis::cmd("FCALL")
+                            .arg("mt_publish")
+                            .arg(2)
+                            .arg(&keys[..])
+                            .arg(msg)
+                            .query_async(conn)
+                            .await?;
+                    }
+                    None => {
+                        let _: i64 =
+                            redis::cmd("PUBLISH").arg(&*name).arg(msg).query_async(conn).await?;
+                    }
+                }
                 Ok(())
             }
             Publisher::Admin { conn, token, host, account, env, channel } => {

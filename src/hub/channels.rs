@@ -19,6 +19,19 @@ use crate::{
 pub(super) struct Sub {
     pub(super) outbox: Arc<Outbox>,
     pub(super) filter: Option<Arc<EventFilter>>,
+    /// A resumed session that saw more of the channel than this node has delivered yet (it
+    /// came from a node ahead of this one): events up to this position are not sent again.
+    pub(super) seen: Option<Box<Position>>,
+}
+
+impl Sub {
+    /// Whether the session has this event already (see `seen`).
+    pub(super) fn has_seen(&self, offset: Option<u64>, epoch: Option<&str>) -> bool {
+        match (&self.seen, offset) {
+            (Some(seen), Some(o)) => o <= seen.offset && epoch == Some(&*seen.epoch),
+            _ => false,
+        }
+    }
 }
 
 /// A channel's subscribers. Joining is a push and leaving at session end is a count: the
@@ -56,11 +69,16 @@ impl Hub {
     /// position at the moment the session joined: every event it gets later has a higher
     /// offset (`None` with history off). On a broker error nothing changes. The caller makes
     /// sure the session is not on `key` already (see `set_filter`).
+    ///
+    /// `seen`: the position a resuming session saw last, if the channel's head (read by the
+    /// caller) shows it is real; when this node is behind it, the session is not sent those
+    /// events again and its position is `seen`.
     pub async fn subscribe(
         &self,
         key: &ChannelKey,
         outbox: &Arc<Outbox>,
         filter: Option<Arc<EventFilter>>,
+        seen: Option<Position>,
     ) -> Result<Option<Position>, BrokerError> {
         loop {
             let ch = self.channels.entry(key.clone()).or_default().clone();
@@ -92,8 +110,15 @@ impl Hub {
             if let Some(current) = self.channels.get(key) {
                 if Arc::ptr_eq(&current, &ch) {
                     let mut subs = current.subs.lock();
-                    subs.list.push(Sub { outbox: outbox.clone(), filter });
-                    return Ok(subs.flow.last().cloned());
+                    let last = subs.flow.last().cloned();
+                    let ahead = match (&seen, &last) {
+                        (Some(s), Some(l)) if s.epoch == l.epoch && s.offset > l.offset => seen,
+                        _ => None,
+                    };
+                    let position = ahead.clone().or(last);
+                    let seen = ahead.map(Box::new);
+                    subs.list.push(Sub { outbox: outbox.clone(), filter, seen });
+                    return Ok(position);
                 }
             }
             // The channel was dissolved while we waited for its lock: start again.

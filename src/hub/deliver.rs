@@ -24,7 +24,9 @@ impl Hub {
     pub(super) fn fan_out(&self, subs: &Subs, event: &Event) {
         let (mut delivered, mut slow) = (0u64, 0u64);
         for s in subs.list.iter() {
-            if s.filter.as_ref().is_some_and(|f| !f.matches(&event.name)) {
+            if s.filter.as_ref().is_some_and(|f| !f.matches(&event.name))
+                || s.has_seen(event.offset, event.epoch.as_deref())
+            {
                 continue;
             }
             match s.outbox.push_event(event.frame.clone(), event.received) {

@@ -15,6 +15,8 @@ use std::collections::HashSet;
 #[derive(Default)]
 struct Recording {
     desired: Mutex<HashSet<ChannelKey>>,
+    /// What `head` answers (history off when `None`).
+    head: Mutex<Option<Position>>,
 }
 
 #[async_trait::async_trait]
@@ -33,7 +35,7 @@ impl Broker for Recording {
         Ok(None)
     }
     async fn head(&self, _: &ChannelKey) -> Result<Option<Position>, BrokerError> {
-        Ok(None)
+        Ok(self.head.lock().clone())
     }
     async fn history(
         &self,
@@ -75,14 +77,14 @@ async fn a_subscriber_arriving_during_a_dissolve_stays_subscribed_at_the_broker(
     for offset_ms in 0..20u64 {
         let (hub, broker) = hub();
         let first = Arc::new(Outbox::new(8));
-        hub.subscribe(&key(), &first, None).await.unwrap();
+        hub.subscribe(&key(), &first, None, None).await.unwrap();
         hub.unsubscribe(&key(), &first); // dissolve fires in UNSUBSCRIBE_DELAY
         tokio::time::sleep(
             UNSUBSCRIBE_DELAY + Duration::from_millis(offset_ms) - Duration::from_millis(10),
         )
         .await;
         let second = Arc::new(Outbox::new(8));
-        hub.subscribe(&key(), &second, None).await.unwrap();
+        hub.subscribe(&key(), &second, None, None).await.unwrap();
         tokio::time::sleep(UNSUBSCRIBE_DELAY * 2).await; // let every timer run
         assert!(
             broker.desired.lock().contains(&key()),
@@ -97,7 +99,7 @@ async fn a_subscriber_arriving_during_a_dissolve_stays_subscribed_at_the_broker(
 async fn the_last_subscriber_leaving_unsubscribes_the_broker() {
     let (hub, broker) = hub();
     let o = Arc::new(Outbox::new(8));
-    hub.subscribe(&key(), &o, None).await.unwrap();
+    hub.subscribe(&key(), &o, None, None).await.unwrap();
     hub.unsubscribe(&key(), &o);
     tokio::time::sleep(UNSUBSCRIBE_DELAY * 2).await;
     assert!(broker.desired.lock().is_empty());
@@ -114,7 +116,7 @@ async fn ended_sessions_get_nothing_are_swept_and_the_last_one_dissolves_the_cha
     let (hub, broker) = hub();
     let outboxes: Vec<_> = (0..100).map(|_| Arc::new(Outbox::new(8))).collect();
     for o in &outboxes {
-        hub.subscribe(&key(), o, None).await.unwrap();
+        hub.subscribe(&key(), o, None, None).await.unwrap();
     }
     hub.deliver(event());
     let (gone, live) = outboxes.split_at(60);
@@ -141,8 +143,8 @@ async fn ended_sessions_get_nothing_are_swept_and_the_last_one_dissolves_the_cha
 async fn set_filter_replaces_only_that_sessions_filter() {
     let (hub, _) = hub();
     let (a, b) = (Arc::new(Outbox::new(8)), Arc::new(Outbox::new(8)));
-    hub.subscribe(&key(), &a, None).await.unwrap();
-    hub.subscribe(&key(), &b, None).await.unwrap();
+    hub.subscribe(&key(), &a, None, None).await.unwrap();
+    hub.subscribe(&key(), &b, None, None).await.unwrap();
     let only_x = Arc::new(EventFilter::parse(&["x".to_owned()]).unwrap());
     assert!(hub.set_filter(&key(), &a, Some(only_x)).is_some());
     hub.deliver(event()); // event "e"
@@ -208,4 +210,38 @@ async fn regrant_nudges_only_changed_sessions_of_the_key_and_marks_it_updated() 
     // The same grant again changes nothing and wakes nobody.
     assert_eq!(hub.regrant(Some(&key), |_| Verdict::Grant(narrower)), (0, 0));
     assert!(!a.take_nudge());
+}
+
+fn event_at(offset: u64) -> Delivery {
+    let event = codec::decode_at(
+        Topic::Tasks,
+        br#"{"event":"e"}"#,
+        1024,
+        std::time::Instant::now(),
+        Some((offset, Arc::from("ep"))),
+    )
+    .unwrap();
+    Delivery::Event { channel: key(), event }
+}
+
+#[tokio::test]
+async fn a_session_resuming_from_ahead_of_this_node_gets_no_event_twice() {
+    let (hub, broker) = hub();
+    *broker.head.lock() = Some(Position::new(5, "ep"));
+    let (behind, ahead) = (Arc::new(Outbox::new(16)), Arc::new(Outbox::new(16)));
+    let p = hub.subscribe(&key(), &behind, None, None).await.unwrap();
+    assert_eq!(p, Some(Position::new(5, "ep")));
+    // It saw up to 8 on a node that was ahead; this node has delivered 5 so far.
+    let p = hub.subscribe(&key(), &ahead, None, Some(Position::new(8, "ep"))).await.unwrap();
+    assert_eq!(p, Some(Position::new(8, "ep")));
+    for o in 6..=9 {
+        hub.deliver(event_at(o));
+    }
+    assert_eq!((behind.len(), ahead.len()), (4, 1));
+    // A position from another epoch is not "seen": everything is delivered.
+    let other = Arc::new(Outbox::new(16));
+    let p = hub.subscribe(&key(), &other, None, Some(Position::new(50, "old"))).await.unwrap();
+    assert_eq!(p, Some(Position::new(9, "ep")));
+    hub.deliver(event_at(10));
+    assert_eq!(other.len(), 1);
 }

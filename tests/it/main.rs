@@ -13,6 +13,7 @@ mod browser_keys;
 mod cli_update;
 mod config_file;
 mod continuity;
+mod continuity_chaos;
 mod continuity_redis;
 mod framing_errors;
 mod history_conformance;

@@ -151,6 +151,9 @@ async fn a_redis_crash_keeps_clients_connected_and_streams_resume_after_restart(
         1,
         "resubscribed"
     );
+    // Redis lost the channel's history: the node says so (a new epoch), then goes on.
+    let gap = tokio::time::timeout(Duration::from_secs(5), c.recv()).await.expect("gap in 5 s");
+    assert_eq!((&gap["type"], &gap["channel"]), (&json!("gap"), &json!("tasks")), "{gap}");
     let e = tokio::time::timeout(Duration::from_secs(5), c.recv()).await.expect("event within 5 s");
     assert_eq!(e["event"], "task.after");
     assert!(published.elapsed() < Duration::from_secs(5));
@@ -233,6 +236,12 @@ async fn a_revocation_missed_during_a_broker_gap_is_applied_after_reconnecting()
         .unwrap();
     assert!(killed >= 1);
     assert_eq!(c.expect_close().await, 4003);
+    // The control connection's gap may close the stream before the event connection's own
+    // reconnect is counted: wait for that count (bounded) rather than race it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.metric("miteos_broker_gaps_total") < 1.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(s.metric("miteos_broker_gaps_total"), 1.0);
     s.shutdown().await;
 }

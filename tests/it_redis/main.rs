@@ -45,4 +45,5 @@ mod ws_stream;
 
 // Redis only: history through the function library (SPEC §5, §7).
 mod history;
+mod history_bench;
 mod history_function;

@@ -4,7 +4,7 @@
 //! node loads it (FUNCTION LOAD REPLACE) on every (re)connect and again whenever Redis
 //! answers that a function is missing (a Redis restarted empty).
 //!
-//! Owns: the library source.  May use: codec, position, redis_link.
+//! Owns: the library source.  May use: broker::codec, broker::position, redis_link.
 //! Never: PUBLISH around the history (the parent does that, with history off).
 
 use std::{sync::Arc, time::Duration};

@@ -85,12 +85,17 @@ local function meta(h, m, sec, usec)
 end
 
 -- What cjson lets through and the nodes' decoder (serde_json) refuses: control characters,
--- a number ending in `.`, invalid UTF-8, a repeated field the nodes read. nil when clean.
+-- a number ending in `.`, invalid UTF-8, a repeated field the nodes read. Cheap global
+-- checks decide whether the exact scan runs. Patterns are anchored (`^[…]*$`): an unanchored
+-- class search restarts at every byte and costs ~4 µs on 200 bytes, an anchored one ~0.5.
 local READ = { event = true, id = true, created_at = true, data = true, offset = true, epoch = true }
+local QUOTED = { '"event"', '"id"', '"created_at"', '"data"', '"offset"', '"epoch"' }
 
 local function utf8_error(s)
-  local i, n = string.find(s, '[\128-\255]'), #s
-  while i do
+  local i, n = 1, #s
+  while true do
+    i = select(2, string.find(s, '^[%z\1-\127]*', i)) + 1
+    if i > n then return nil end
     local c, need, lo, hi = string.byte(s, i), 0, 0x80, 0xBF
     if c >= 0xC2 and c <= 0xDF then need = 1
     elseif c >= 0xE0 and c <= 0xEF then
@@ -106,17 +111,16 @@ local function utf8_error(s)
       if b < lo or b > hi then return 'invalid UTF-8' end
       lo, hi = 0x80, 0xBF
     end
-    i = string.find(s, '[\128-\255]', i + need + 1)
+    i = i + need + 1
   end
-  return nil
 end
 
-local function strict_error(s)
+-- The exact scan: string by string, tracking depth outside strings.
+local function exact_error(s)
   local i, n, depth, seen = 1, #s, 0, {}
   while i <= n do
     local q = string.find(s, '"', i, true)
     local outside = string.sub(s, i, (q or n + 1) - 1)
-    if string.find(outside, '[%z\1-\8\11\12\14-\31]') then return 'a control character' end
     if string.find(outside, '%.[^%d]') or string.find(outside, '%.$') then
       return 'a number ending in `.`'
     end
@@ -149,6 +153,37 @@ local function strict_error(s)
   return nil
 end
 
+-- A digit, `.`, then no digit: maybe a number ending in `.` (or just text in a string).
+local function dot_after_digit(s)
+  local i = string.find(s, '.', 2, true)
+  while i do
+    local before, after = string.byte(s, i - 1), string.byte(s, i + 1)
+    if before >= 48 and before <= 57 and not (after and after >= 48 and after <= 57) then
+      return true
+    end
+    i = string.find(s, '.', i + 1, true)
+  end
+  return false
+end
+
+local function strict_error(s)
+  local scan = false
+  if not string.find(s, '^[ -~]*$') then
+    if not string.find(s, '^[^%z\1-\8\11\12\14-\31]*$') then return 'a control character' end
+    local bad = utf8_error(s)
+    if bad then return bad end
+    scan = not string.find(s, '^[^\t\n\r]*$')
+  end
+  scan = scan or string.find(s, '\\u', 1, true) ~= nil or dot_after_digit(s)
+  for k = 1, #QUOTED do
+    if scan then break end
+    local a = string.find(s, QUOTED[k], 1, true)
+    scan = a ~= nil and string.find(s, QUOTED[k], a + 1, true) ~= nil
+  end
+  if scan then return exact_error(s) end
+  return nil
+end
+
 -- The producer message `payload` checked as the nodes will check it: nil and the decoded
 -- object, or an error reply.
 local function check(payload)
@@ -158,7 +193,7 @@ local function check(payload)
   if not string.find(payload, '^[ \t\r\n]*{') then
     return 'MT_MALFORMED not a JSON object'
   end
-  local why = utf8_error(payload) or strict_error(payload)
+  local why = strict_error(payload)
   if why then return 'MT_MALFORMED not valid JSON: ' .. why end
   cjson.decode_invalid_numbers(false)
   local ok, v = pcall(cjson.decode, payload)

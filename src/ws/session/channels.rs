@@ -126,11 +126,13 @@ impl Session {
     }
 
     /// Joins one channel (or replaces its filter if joined already). Returns the channel's
-    /// position at the join and whether the session was new on it.
+    /// position at the join and whether the session was new on it. `seen`: see
+    /// `Hub::subscribe`.
     pub(super) async fn join(
         &mut self,
         topic: Topic,
         filter: Option<Arc<EventFilter>>,
+        seen: Option<Position>,
     ) -> Result<(Option<Position>, bool), BrokerError> {
         let key = self.reg.key(topic);
         if self.reg.topics.contains(topic) {
@@ -138,7 +140,7 @@ impl Session {
                 return Ok((position, false));
             }
         }
-        let position = self.state.hub.subscribe(&key, &self.outbox, filter).await?;
+        let position = self.state.hub.subscribe(&key, &self.outbox, filter, seen).await?;
         self.reg.topics = self.reg.topics.with(topic);
         Ok((position, true))
     }

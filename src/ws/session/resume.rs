@@ -83,9 +83,14 @@ impl Session {
     ) -> Result<Vec<Joined>, BrokerError> {
         let mut joined = Vec::with_capacity(topics.len());
         for &topic in topics {
-            let (position, fresh) = self.join(topic, filter.clone()).await?;
-            let Some(position) = position else { continue };
+            let fresh = !self.reg.topics.contains(topic);
             let from = resume.and_then(|r| r.get(topic.as_str())).filter(|_| fresh);
+            let seen = match from {
+                Some(from) => self.seen_at(topic, from).await?,
+                None => None,
+            };
+            let (position, _) = self.join(topic, filter.clone(), seen).await?;
+            let Some(position) = position else { continue };
             let (recovered, missed) = match from {
                 Some(from) => self.missed_since(topic, from, &position).await,
                 None => (None, Vec::new()),
@@ -102,6 +107,19 @@ impl Session {
             joined.push(Joined { topic, position, recovered, missed });
         }
         Ok(joined)
+    }
+
+    /// The resume position as one the channel really reached (checked against its head), so
+    /// that a node behind it neither resends nor refuses what the client saw elsewhere.
+    async fn seen_at(
+        &self,
+        topic: Topic,
+        from: &ResumeFrom,
+    ) -> Result<Option<Position>, BrokerError> {
+        let head = self.state.hub.broker().head(&self.reg.key(topic)).await?;
+        Ok(head
+            .filter(|h| *h.epoch == *from.epoch && from.offset <= h.offset)
+            .map(|h| Position::new(from.offset, h.epoch)))
     }
 
     /// The events after `from` up to `to`, if history still has every one of them in the
