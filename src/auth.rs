@@ -17,7 +17,7 @@ use crate::{
     metrics::Metrics,
     rate_limit::{Limited, Limits},
     scope::{Scope, ScopeSet},
-    tickets::TicketStore,
+    tickets::{TicketRecord, TicketStore},
     token::{Token, TokenHash, TokenKind},
 };
 
@@ -122,11 +122,11 @@ impl Authenticator {
         self.count(result, client)
     }
 
-    /// Uses the ticket up: `Ok(false)` if another connection used it first.
-    pub async fn redeem_ticket(&self, ticket: &str) -> Result<bool, AuthError> {
+    /// Uses the ticket up and returns it: `Ok(None)` if another connection used it first.
+    pub async fn redeem_ticket(&self, ticket: &str) -> Result<Option<TicketRecord>, AuthError> {
         let (ticket, _env) =
             Token::parse_kind(ticket, TokenKind::Ticket).map_err(|_| AuthError::Invalid)?;
-        Ok(self.tickets.take(&ticket.hash()).await?.is_some())
+        Ok(self.tickets.take(&ticket.hash()).await?)
     }
 
     /// Counts a failure by code; authentication failures also spend the client's budget.

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `keys create|list|revoke`, `publish`. Key commands act on the
+//! The command line: `serve`, `keys create|list|revoke|rotate|update`, `publish`. Key commands act on the
 //! store the config selects and print JSON on stdout; errors go to stderr.
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 invalid config or usage.
@@ -13,6 +13,8 @@ use clap::{Args, Parser, Subcommand};
 use http_body_util::{BodyExt, Full};
 use ipnet::IpNet;
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
+
+mod update;
 
 use crate::{
     config::{Config, Flags},
@@ -89,6 +91,9 @@ enum KeysCommand {
               value_parser = clap::value_parser!(u64).range(0..=crate::keys::service::MAX_GRACE_SECONDS))]
         grace_period: u64,
     },
+    /// Change a key's name, scopes, IP allowlist or expiry in place; prints the record.
+    /// Running nodes apply it to the key's open streams (in Redis mode).
+    Update(update::UpdateArgs),
 }
 
 #[derive(Args, Debug)]
@@ -251,6 +256,7 @@ async fn keys(command: KeysCommand, config: &Config) -> Result<(), Failure> {
                 service.rotate(&id, grace_period).await.map_err(|e| not_found(e, &key_id))?;
             print_json(&created.to_json())
         }
+        KeysCommand::Update(args) => update::run(args, &service).await,
     }
 }
 

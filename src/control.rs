@@ -1,18 +1,25 @@
-//! What control messages (revocations, a rotation's retirements) do on this node, and how a
-//! node heals when it may have missed one.
+//! What control messages (revocations, a rotation's retirements, key updates) do on this
+//! node, and how a node heals when it may have missed one.
 //!
 //! - `Revoke` forgets the key's cached copy and closes its streams (4003).
+//! - `Update` forgets the key's cached copy, reads its record again and applies it to the
+//!   key's streams (`refresh`): lost read scopes, a new allowlist, a new expiry (SPEC §8).
 //! - `Retire` arms one timer per secret (idempotent: the same secret announced twice arms one
 //!   timer; a later deadline replaces the earlier) on a single timer task per node; when it
 //!   fires, the secret's streams close (4003). A deadline already past closes them at once.
 //! - Every `key_cache_ttl`, and after every broker gap, the keys of all open streams are read
-//!   again from the store (one read per distinct key, a few at a time): a revocation or a
-//!   rotation whose message was lost still takes effect within that time.
+//!   again from the store (one read per distinct key, a few at a time) and applied like an
+//!   update: a revocation, rotation or update whose message was lost still takes effect.
+//! - While the control subscription is lost the key cache is suspended (every lookup reads
+//!   the store); it resumes when the subscription is back, before the revalidation.
 //!
-//! Owns: the retiring secrets and their timers, the revalidation pass.  May use: hub, keys
-//! (store, cache), broker (ControlMessage), ids, token, protocol::close, shutdown.
+//! Owns: the retiring secrets and their timers, the record reads in flight, the revalidation
+//! pass.  May use: hub, keys (store, cache, principal), broker (ControlMessage, Done), auth
+//! (principal_for), ids, token, protocol::close, shutdown.
 //! Never: block the Hub; close a stream because its record is missing (data loss is not
 //! revocation).
+
+mod refresh;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -21,22 +28,17 @@ use std::{
 };
 
 use dashmap::DashMap;
-use futures::StreamExt;
 use parking_lot::Mutex;
 use time::OffsetDateTime;
 
 use crate::{
-    broker::ControlMessage,
-    hub::Hub,
+    broker::{ControlMessage, Done},
+    hub::{ControlSignal, Hub},
     ids::KeyId,
     keys::{cache::KeyCache, KeyStore},
-    protocol::close::CloseCode,
     shutdown::Shutdown,
     token::TokenHash,
 };
-
-/// Store reads in flight at once during a revalidation.
-const REVALIDATE_CONCURRENCY: usize = 16;
 
 pub struct Control {
     hub: Arc<Hub>,
@@ -48,6 +50,8 @@ pub struct Control {
     timers: Mutex<BTreeMap<(OffsetDateTime, TokenHash), KeyId>>,
     /// Wakes the timer task when an earlier deadline is armed.
     rearmed: tokio::sync::Notify,
+    /// Keys whose record is being read, and who waits for one more read after that.
+    inflight: Mutex<HashMap<KeyId, refresh::Again>>,
 }
 
 impl Control {
@@ -60,24 +64,36 @@ impl Control {
             retiring: DashMap::new(),
             timers: Mutex::new(BTreeMap::new()),
             rearmed: tokio::sync::Notify::new(),
+            inflight: Mutex::new(HashMap::new()),
         });
         let weak: Weak<Control> = Arc::downgrade(&control);
-        hub.set_control_handler(Box::new(move |msg| {
+        hub.set_control_handler(Box::new(move |signal| {
             if let Some(c) = weak.upgrade() {
-                c.apply(msg);
+                match signal {
+                    ControlSignal::Message(msg, done) => c.apply_confirmed(msg, done),
+                    ControlSignal::Lost => {
+                        tracing::warn!(
+                            "control messages cannot be heard: the key cache is off until they can"
+                        );
+                        c.cache.suspend();
+                    }
+                    ControlSignal::Regained => c.cache.resume(),
+                }
             }
         }));
         control
     }
 
     /// Applies a control message from any node (this one included).
-    pub fn apply(&self, msg: ControlMessage) {
+    pub fn apply(self: &Arc<Self>, msg: ControlMessage) {
+        self.apply_confirmed(msg, Done::none());
+    }
+
+    /// Applies a control message; `done` is dropped once it is handled (for an update, once
+    /// the key was read again and applied to its streams).
+    pub fn apply_confirmed(self: &Arc<Self>, msg: ControlMessage, done: Done) {
         match msg {
-            ControlMessage::Revoke { key_id } => {
-                self.cache.invalidate(&key_id);
-                let n = self.hub.close_revoked_key(&key_id);
-                tracing::info!(key_id = %key_id, closed = n, "key revoked");
-            }
+            ControlMessage::Revoke { key_id } => self.apply_revoke(&key_id),
             ControlMessage::Retire { key_id, secret, at } => {
                 self.cache.invalidate(&key_id);
                 if at <= OffsetDateTime::now_utc() {
@@ -86,7 +102,18 @@ impl Control {
                     self.arm(key_id, secret, at);
                 }
             }
+            ControlMessage::Update { key_id } => {
+                // Evicted before this returns: a confirmed publish waits for exactly this.
+                self.cache.invalidate(&key_id);
+                self.spawn_refresh(key_id, done);
+            }
         }
+    }
+
+    fn apply_revoke(&self, key_id: &KeyId) {
+        self.cache.invalidate(key_id);
+        let n = self.hub.close_revoked_key(key_id);
+        tracing::info!(key_id = %key_id, closed = n, "key revoked");
     }
 
     fn retire_now(&self, key_id: &KeyId, secret: &TokenHash) {
@@ -191,58 +218,6 @@ impl Control {
             self.retiring.remove(&secret);
             let n = self.hub.close_retired_secret(&key_id, &secret);
             tracing::info!(key_id = %key_id, closed = n, "rotated secret retired");
-        }
-    }
-
-    /// Reads the record of every open stream's key again: closes (4003) the streams whose key
-    /// is revoked or expired or whose secret is gone, and arms the retirement of secrets in
-    /// grace. One read per distinct key, `REVALIDATE_CONCURRENCY` at a time.
-    pub async fn revalidate(&self) {
-        let mut by_key: HashMap<KeyId, Vec<TokenHash>> = HashMap::new();
-        for (key_id, secret) in self.hub.session_keys() {
-            by_key.entry(key_id).or_default().push(secret);
-        }
-        let store = &self.store;
-        let mut reads = futures::stream::iter(by_key)
-            .map(|(key_id, secrets)| async move {
-                let rec = store.get(&key_id).await;
-                (key_id, secrets, rec)
-            })
-            .buffer_unordered(REVALIDATE_CONCURRENCY);
-        let now = OffsetDateTime::now_utc();
-        while let Some((key_id, secrets, rec)) = reads.next().await {
-            let rec = match rec {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(key_id = %key_id, error = %e, "cannot revalidate sessions now");
-                    continue;
-                }
-            };
-            // Only positive evidence closes a stream: a record that vanished (a Redis restarted
-            // without persistence) says nothing about revocation.
-            let Some(rec) = rec else { continue };
-            if rec.revoked_at.is_some() {
-                self.apply(ControlMessage::Revoke { key_id });
-                continue;
-            }
-            if rec.expires_at.is_some_and(|t| t <= now) {
-                self.cache.invalidate(&key_id);
-                self.hub.close_key(&key_id, None, CloseCode::KeyRevoked);
-                continue;
-            }
-            for secret in secrets {
-                match rec.secrets.iter().find(|s| s.hash == secret) {
-                    None => self.retire_now(&key_id, &secret),
-                    Some(s) => {
-                        // Arm (idempotent) without evicting the cached key each pass.
-                        match s.retires_at {
-                            Some(at) if at <= now => self.retire_now(&key_id, &secret),
-                            Some(at) => self.arm(key_id.clone(), secret, at),
-                            None => {}
-                        }
-                    }
-                }
-            }
         }
     }
 }

@@ -93,6 +93,8 @@ impl Backends {
                 metrics,
             });
         };
+        // Until the control subscription is up this node would not hear a key change.
+        cache.suspend();
         let link = Arc::new(RedisLink::new(url).map_err(|e| NodeError::Redis(e.to_string()))?);
         let broker_link = link.clone();
         let settings = redis_broker::Settings {

@@ -61,6 +61,8 @@ pub struct Outbox {
     /// Its session ended: it takes no more frames, and the Hub drops it from its channels
     /// lazily (see `Hub::leave`).
     retired: AtomicBool,
+    /// The session has something to look at besides frames (its key changed, see `nudge`).
+    nudged: AtomicBool,
 }
 
 impl Outbox {
@@ -71,6 +73,7 @@ impl Outbox {
             waker: AtomicWaker::new(),
             close: OnceLock::new(),
             retired: AtomicBool::new(false),
+            nudged: AtomicBool::new(false),
         }
     }
 
@@ -145,6 +148,17 @@ impl Outbox {
         let first = self.close.set(code).is_ok();
         self.waker.wake();
         first
+    }
+
+    /// Asks the session to look at its grant again (a key update); wakes the writer.
+    pub fn nudge(&self) {
+        self.nudged.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Whether the session was nudged since the last call (clears the flag).
+    pub fn take_nudge(&self) -> bool {
+        self.nudged.swap(false, Ordering::AcqRel)
     }
 
     /// Marks the session as ended and frees the queue; every later push is `Closed`.
@@ -262,6 +276,18 @@ mod tests {
         assert_eq!(w.0.load(Ordering::SeqCst), 1);
         o.close(CloseCode::Normal);
         assert_eq!(w.0.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_nudge_wakes_the_writer_once_and_is_taken_once() {
+        let o = Outbox::new(8);
+        let w = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        o.register(&Waker::from(w.clone()));
+        assert!(!o.take_nudge());
+        o.nudge();
+        assert_eq!(w.0.load(Ordering::SeqCst), 1);
+        assert!(o.take_nudge());
+        assert!(!o.take_nudge());
     }
 
     #[test]

@@ -133,6 +133,9 @@ impl Topic {
 pub struct ScopeSet(u32);
 
 impl ScopeSet {
+    /// Every scope.
+    pub const ALL: ScopeSet = ScopeSet((1 << 17) - 1);
+
     pub fn of(scopes: &[Scope]) -> Self {
         Self(scopes.iter().fold(0, |bits, s| bits | 1 << (*s as u32)))
     }
@@ -182,6 +185,16 @@ impl TopicSet {
         self.0 == 0
     }
 
+    /// The topics of `self` that are not in `other`.
+    pub fn minus(self, other: TopicSet) -> Self {
+        Self(self.0 & !other.0)
+    }
+
+    /// The topics of both sets.
+    pub fn intersect(self, other: TopicSet) -> Self {
+        Self(self.0 & other.0)
+    }
+
     /// The topics, sorted by name.
     pub fn iter(self) -> impl Iterator<Item = Topic> {
         const BY_NAME: [Topic; 9] = [
@@ -201,6 +214,12 @@ impl TopicSet {
     pub fn to_vec(self) -> Vec<Topic> {
         self.iter().collect()
     }
+}
+
+/// The topics a stream loses when its key's scopes change from `old` to `new` (SPEC §8):
+/// the topics `old` may read and `new` may not. Granted topics are never in it.
+pub fn removed_topics(old: ScopeSet, new: ScopeSet) -> TopicSet {
+    old.read_topics().minus(new.read_topics())
 }
 
 /// Parses a list of scope names strictly: the first unknown one is the error.
@@ -272,5 +291,53 @@ mod tests {
         assert_eq!("live".parse::<Environment>().unwrap(), Environment::Live);
         assert!("prod".parse::<Environment>().is_err());
         assert_eq!(serde_json::to_string(&Environment::Test).unwrap(), "\"test\"");
+    }
+
+    /// The model: topics named by the `<topic>.read` strings in `old` but not in `new`.
+    fn model_removed(old: &[Scope], new: &[Scope]) -> Vec<String> {
+        let reads = |set: &[Scope]| -> std::collections::BTreeSet<String> {
+            set.iter().filter_map(|s| s.as_str().strip_suffix(".read")).map(str::to_owned).collect()
+        };
+        reads(old).difference(&reads(new)).cloned().collect()
+    }
+
+    fn subset(mask: u32) -> Vec<Scope> {
+        Scope::ALL.iter().enumerate().filter(|(i, _)| mask & 1 << i != 0).map(|(_, s)| *s).collect()
+    }
+
+    fn names(t: TopicSet) -> Vec<String> {
+        t.iter().map(|t| t.as_str().to_owned()).collect()
+    }
+
+    #[test]
+    fn removed_topics_for_every_pair_of_read_scope_sets() {
+        // The removed topics depend only on the 9 read scopes: all 512 × 512 pairs.
+        let reads: Vec<Scope> =
+            Scope::ALL.iter().copied().filter(|s| s.read_topic().is_some()).collect();
+        let pick = |mask: u32| -> Vec<Scope> {
+            reads.iter().enumerate().filter(|(i, _)| mask & 1 << i != 0).map(|(_, s)| *s).collect()
+        };
+        for a in 0..512u32 {
+            let old = pick(a);
+            for b in 0..512u32 {
+                let new = pick(b);
+                let got = removed_topics(ScopeSet::of(&old), ScopeSet::of(&new));
+                assert_eq!(names(got), model_removed(&old, &new), "{old:?} -> {new:?}");
+            }
+        }
+        assert_eq!(ScopeSet::ALL, ScopeSet::of(Scope::ALL));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn removed_topics_are_old_read_topics_minus_new_ones(a in 0u32..1 << 17, b in 0u32..1 << 17) {
+            let (old, new) = (subset(a), subset(b));
+            let got = removed_topics(ScopeSet::of(&old), ScopeSet::of(&new));
+            proptest::prop_assert_eq!(names(got), model_removed(&old, &new));
+            // Nothing removed is readable afterwards; nothing granted is in it.
+            let now = ScopeSet::of(&new).read_topics();
+            proptest::prop_assert!(got.intersect(now).is_empty());
+            proptest::prop_assert_eq!(got.minus(ScopeSet::of(&old).read_topics()), TopicSet::default());
+        }
     }
 }

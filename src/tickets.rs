@@ -36,6 +36,10 @@ pub struct TicketRecord {
     /// The read scopes the ticket was narrowed to (`None`: every read scope of the key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scopes: Option<Vec<crate::scope::Scope>>,
+    /// The address of the minting request: its stream is closed if the key's allowlist
+    /// changes to exclude it (SPEC §8). `None` for tickets minted before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minted_from: Option<std::net::IpAddr>,
 }
 
 /// Where tickets wait to be redeemed.
@@ -48,11 +52,13 @@ pub trait TicketStore: Send + Sync + 'static {
     async fn take(&self, hash: &TokenHash) -> Result<Option<TicketRecord>, StoreError>;
 }
 
-/// Mints a ticket for `principal` valid for `ttl`; returns the secret ticket and its expiry.
-/// `scopes` narrows the ticket (the caller checked they are read scopes the key holds).
+/// Mints a ticket for `principal`, asked for from `client`, valid for `ttl`; returns the
+/// secret ticket and its expiry. `scopes` narrows the ticket (the caller checked they are
+/// read scopes the key holds).
 pub async fn mint(
     store: &dyn TicketStore,
     principal: &Principal,
+    client: std::net::IpAddr,
     ttl: std::time::Duration,
     scopes: Option<Vec<crate::scope::Scope>>,
 ) -> Result<(Token, OffsetDateTime), StoreError> {
@@ -63,6 +69,7 @@ pub async fn mint(
         secret: principal.secret,
         expires_at,
         scopes,
+        minted_from: Some(client),
     };
     store.put(ticket.hash(), rec).await?;
     Ok((ticket, expires_at))
@@ -180,8 +187,15 @@ mod tests {
     #[tokio::test]
     async fn a_ticket_is_taken_once() {
         let store = MemoryTickets::default();
-        let (ticket, expires_at) =
-            mint(&store, &principal(), std::time::Duration::from_secs(60), None).await.unwrap();
+        let (ticket, expires_at) = mint(
+            &store,
+            &principal(),
+            [127, 0, 0, 1].into(),
+            std::time::Duration::from_secs(60),
+            None,
+        )
+        .await
+        .unwrap();
         assert!(ticket.expose().starts_with("mt_live_tk_"));
         assert!(expires_at > OffsetDateTime::now_utc() + time::Duration::seconds(59));
         assert!(store.take(&ticket.hash()).await.unwrap().is_some());
@@ -196,10 +210,19 @@ mod tests {
             secret: TokenHash::of("x"),
             expires_at: OffsetDateTime::now_utc(),
             scopes: None,
+            minted_from: None,
         };
         store.put(TokenHash::of("old"), old).await.unwrap();
         for _ in 0..1023 {
-            mint(&store, &principal(), std::time::Duration::from_secs(60), None).await.unwrap();
+            mint(
+                &store,
+                &principal(),
+                [127, 0, 0, 1].into(),
+                std::time::Duration::from_secs(60),
+                None,
+            )
+            .await
+            .unwrap();
         }
         assert!(store.take(&TokenHash::of("old")).await.unwrap().is_none());
         assert_eq!(store.map.len(), 1023);

@@ -27,6 +27,9 @@ pub enum Scenario {
     Slow(Slow),
     /// Connect/authenticate/disconnect cycles; report server RSS after vs before (leaks).
     Churn(Churn),
+    /// PATCH a key on one node; time until its last stream on another node lost the removed
+    /// topic (--addr: the streams' node; --token: a key with teams.write and the read scopes).
+    KeyUpdate(KeyUpdate),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -188,4 +191,19 @@ pub struct Churn {
     /// RSS is sampled after this many cycles (the "before") and at the end.
     #[arg(long, default_value_t = 10_000)]
     pub warmup: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct KeyUpdate {
+    #[command(flatten)]
+    pub target: Target,
+    /// Public listener of the node the PATCH goes to.
+    #[arg(long)]
+    pub patch_addr: SocketAddr,
+    /// Streams of the updated key on the --addr node.
+    #[arg(long, default_value_t = 100)]
+    pub streams: usize,
+    /// Updates to time (a new key each).
+    #[arg(long, default_value_t = 20)]
+    pub runs: usize,
 }

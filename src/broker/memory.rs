@@ -2,8 +2,11 @@
 //! in-memory history (`ring`), decodes it and hands it to the node's `Deliver`
 //! synchronously, in offset order.
 //!
+//! A confirmed control message is handed over with a `Done` and awaited.
+//!
 //! Owns: the handler link and the history rings.  May use: broker, codec, ring.
-//! Never: await I/O. Spawns one task: the sweeper that releases idle channels' history.
+//! Never: await I/O (but for a confirmed control message's handler). Spawns one task: the
+//! sweeper that releases idle channels' history.
 
 use std::{
     sync::{Arc, Weak},
@@ -13,9 +16,13 @@ use std::{
 use bytes::Bytes;
 
 use super::{
-    codec, ring::Rings, Broker, BrokerError, ChannelKey, ControlMessage, Deliver, Delivery,
+    codec, ring::Rings, Broker, BrokerError, ChannelKey, ControlMessage, Deliver, Delivery, Done,
     HistoryPage, Position,
 };
+
+/// The longest a confirmed publish waits for this node's handler (a key update re-reads the
+/// key, with retries, before its `Done` is dropped).
+const CONFIRM_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
 
 pub struct MemoryBroker {
     handler: Weak<dyn Deliver>,
@@ -114,6 +121,23 @@ impl Broker for MemoryBroker {
     async fn publish_control(&self, msg: &ControlMessage) -> Result<(), BrokerError> {
         self.deliver(Delivery::Control(msg.clone()));
         Ok(())
+    }
+
+    async fn publish_control_confirmed(&self, msg: &ControlMessage) -> Result<(), BrokerError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.deliver(Delivery::Confirm(
+            msg.clone(),
+            Done::new(move || {
+                let _ = tx.send(());
+            }),
+        ));
+        // Handled when `Done` is dropped (a dropped sender says the same).
+        let _ = tokio::time::timeout(CONFIRM_WITHIN, rx).await;
+        Ok(())
+    }
+
+    fn confirm_within(&self) -> std::time::Duration {
+        CONFIRM_WITHIN
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {

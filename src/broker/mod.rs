@@ -36,6 +36,39 @@ pub enum ControlMessage {
         #[serde(with = "time::serde::rfc3339")]
         at: time::OffsetDateTime,
     },
+    /// The key's scopes, allowlist or expiry changed: forget any cached copy, read the record
+    /// again and apply it to the key's open streams (SPEC §8).
+    Update { key_id: KeyId },
+}
+
+/// Tells a confirmed publish that one node finished handling its message, when dropped.
+/// A handler that keeps it through asynchronous work (re-reading a key and applying it to
+/// the key's streams) delays the confirmation until that work is done.
+pub struct Done(Option<Box<dyn FnOnce() + Send>>);
+
+impl Done {
+    pub fn new(f: impl FnOnce() + Send + 'static) -> Self {
+        Done(Some(Box::new(f)))
+    }
+
+    /// Nobody waits.
+    pub fn none() -> Self {
+        Done(None)
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+impl std::fmt::Debug for Done {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Done(waited for)" } else { "Done(none)" })
+    }
 }
 
 /// What a broker hands to the node.
@@ -51,11 +84,16 @@ pub enum Delivery {
         error: DecodeError,
     },
     Control(ControlMessage),
+    /// A control message whose publisher waits until `Done` is dropped.
+    Confirm(ControlMessage, Done),
     /// The broker lost its connection: anything published meanwhile was lost.
     Gap,
     /// The control connection reconnected: control messages may have been missed (no event
     /// was lost by it).
     ControlGap,
+    /// The control connection is lost: until the next `ControlGap`, control messages are
+    /// not received (a node must not trust what it cached).
+    ControlLost,
     /// The node read events slower than they arrived and dropped its subscription to stay
     /// within its memory bound (a `Gap` follows once it is back).
     Overflow,
@@ -100,6 +138,14 @@ pub trait Broker: Send + Sync + 'static {
     ) -> Result<Option<HistoryPage>, BrokerError>;
     /// Publishes a control message to every node, this one included.
     async fn publish_control(&self, msg: &ControlMessage) -> Result<(), BrokerError>;
+    /// Like `publish_control`, and returns once every node that received the message has
+    /// handled it (dropped its `Done`), or once a node that did not must have noticed that
+    /// its control subscription is lost (see the Redis broker).
+    async fn publish_control_confirmed(&self, msg: &ControlMessage) -> Result<(), BrokerError>;
+    /// The longest `publish_control_confirmed` may wait for confirmations (beyond sending).
+    fn confirm_within(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
     /// Answers when the broker is usable (`/readyz`).
     async fn ping(&self) -> Result<(), BrokerError>;
     /// Whether the broker is connected right now (cheap; checked on every upgrade).

@@ -1,4 +1,4 @@
-//! `/v1/api-keys`: create, list, get, revoke, rotate (SPEC §3), authenticated with
+//! `/v1/api-keys`: create, list, get, update, revoke, rotate (SPEC §3), authenticated with
 //! `Authorization: Bearer <key>` and acting only inside the caller's account and environment.
 //!
 //! Owns: request parsing and validation for these endpoints (every error in the one shape).
@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use serde_json::{json, Map, Value};
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
-use super::body;
+use super::{body, key_update};
 use crate::{
     error::ApiError,
     ids::KeyId,
@@ -25,8 +25,8 @@ use crate::{
     state::AppState,
 };
 
-const MAX_NAME_CHARS: usize = 200;
-const MAX_CIDRS: usize = 100;
+pub(super) const MAX_NAME_CHARS: usize = 200;
+pub(super) const MAX_CIDRS: usize = 100;
 /// Page size of `GET /v1/api-keys`: the default and the largest `limit`.
 pub const MAX_PAGE: usize = 100;
 
@@ -100,12 +100,14 @@ async fn dispatch(
     let needs = match (&route, &method) {
         (Route::Collection, &Method::GET) | (Route::Key(_), &Method::GET) => Scope::TeamsRead,
         (Route::Collection, &Method::POST)
-        | (Route::Key(_), &Method::DELETE)
+        | (Route::Key(_), &Method::DELETE | &Method::PATCH)
         | (Route::Rotate(_), &Method::POST) => Scope::TeamsWrite,
         (Route::Collection, _) => {
             return Err(ApiError::method_not_allowed().with_allow("GET, POST"));
         }
-        (Route::Key(_), _) => return Err(ApiError::method_not_allowed().with_allow("GET, DELETE")),
+        (Route::Key(_), _) => {
+            return Err(ApiError::method_not_allowed().with_allow("GET, PATCH, DELETE"))
+        }
         (Route::Rotate(_), _) => return Err(ApiError::method_not_allowed().with_allow("POST")),
     };
     let caller = authorize(&req, client, state, needs).await?;
@@ -145,6 +147,12 @@ async fn dispatch(
         (Route::Key(Some(id)), Method::DELETE) => {
             let rec = keys.revoke_for(&caller, &id).await?;
             tracing::info!(key_id = %rec.id, by = %caller.key_id, "api key revoked");
+            Ok(body::json(StatusCode::OK, &rec.view()))
+        }
+        (Route::Key(Some(id)), Method::PATCH) => {
+            let changes = key_update::parse(body::read_json(req, limit).await?)?;
+            let rec = keys.update_for(&caller, &id, changes).await?;
+            tracing::info!(key_id = %rec.id, by = %caller.key_id, "api key updated");
             Ok(body::json(StatusCode::OK, &rec.view()))
         }
         (Route::Key(Some(id)), _) => {
@@ -259,7 +267,7 @@ fn parse_create(v: Value) -> Result<CreateRequest, ApiError> {
     Ok(CreateRequest { name, environment, scopes, ip_allowlist, expires_at })
 }
 
-fn parse_scopes(names: &[Value]) -> Result<Vec<Scope>, ApiError> {
+pub(super) fn parse_scopes(names: &[Value]) -> Result<Vec<Scope>, ApiError> {
     let mut out = Vec::with_capacity(names.len());
     for n in names {
         let Value::String(name) = n else {
@@ -276,7 +284,7 @@ fn parse_scopes(names: &[Value]) -> Result<Vec<Scope>, ApiError> {
     Ok(out)
 }
 
-fn parse_cidr(v: &Value) -> Result<IpNet, ApiError> {
+pub(super) fn parse_cidr(v: &Value) -> Result<IpNet, ApiError> {
     let Value::String(s) = v else { return Err(ApiError::invalid_cidr(&v.to_string())) };
     s.parse::<IpNet>()
         .map(|n| n.trunc())
@@ -285,7 +293,7 @@ fn parse_cidr(v: &Value) -> Result<IpNet, ApiError> {
 }
 
 /// RFC 3339 text or Unix seconds.
-fn parse_time(v: &Value) -> Result<OffsetDateTime, ApiError> {
+pub(super) fn parse_time(v: &Value) -> Result<OffsetDateTime, ApiError> {
     let bad = || {
         ApiError::invalid_param(
             "expires_at",
@@ -322,77 +330,5 @@ fn parse_rotate(v: Value) -> Result<u64, ApiError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn create(v: Value) -> Result<CreateRequest, &'static str> {
-        parse_create(v).map_err(|e| e.code)
-    }
-
-    #[test]
-    fn create_validation_codes() {
-        let ok = json!({"name": "n", "scopes": ["tasks.read"]});
-        assert!(create(ok).is_ok());
-        assert_eq!(create(json!({"scopes": ["tasks.read"]})).unwrap_err(), "missing_param");
-        assert_eq!(
-            create(json!({"name": "  ", "scopes": ["tasks.read"]})).unwrap_err(),
-            "missing_param"
-        );
-        assert_eq!(
-            create(json!({"name": "x".repeat(201), "scopes": ["tasks.read"]})).unwrap_err(),
-            "invalid_param"
-        );
-        assert_eq!(create(json!({"name": "n", "scopes": []})).unwrap_err(), "missing_param");
-        assert_eq!(
-            create(json!({"name": "n", "scopes": ["tasks.admin"]})).unwrap_err(),
-            "unknown_scope"
-        );
-        assert_eq!(
-            create(json!({"name": "n", "scopes": ["tasks.read"], "ip_allowlist": ["10.0.0.0/33"]}))
-                .unwrap_err(),
-            "invalid_cidr"
-        );
-        assert_eq!(
-            create(
-                json!({"name": "n", "scopes": ["tasks.read"], "expires_at": "2001-01-01T00:00:00Z"})
-            )
-            .unwrap_err(),
-            "invalid_param"
-        );
-        assert_eq!(
-            create(json!({"name": "n", "scopes": ["tasks.read"], "admin": true})).unwrap_err(),
-            "unknown_param"
-        );
-        assert_eq!(create(json!(["n"])).unwrap_err(), "invalid_json");
-        let r = create(json!({"name": "n", "scopes": ["tasks.read"], "ip_allowlist": ["10.1.2.3/8", "::1"], "expires_at": 4102444800i64})).unwrap();
-        assert_eq!(
-            r.ip_allowlist,
-            vec!["10.0.0.0/8".parse::<IpNet>().unwrap(), "::1/128".parse().unwrap()]
-        );
-        assert!(r.expires_at.is_some());
-    }
-
-    #[test]
-    fn rotate_grace_is_bounded() {
-        assert_eq!(parse_rotate(json!({})).unwrap(), 0);
-        assert_eq!(parse_rotate(json!({"grace_period_seconds": 604800})).unwrap(), 604800);
-        assert_eq!(
-            parse_rotate(json!({"grace_period_seconds": 604801})).unwrap_err().code,
-            "invalid_param"
-        );
-        assert_eq!(
-            parse_rotate(json!({"grace_period_seconds": -1})).unwrap_err().code,
-            "invalid_param"
-        );
-        assert_eq!(parse_rotate(json!({"grace": 1})).unwrap_err().code, "unknown_param");
-    }
-
-    #[test]
-    fn routes() {
-        assert!(matches!(route("/v1/api-keys"), Some(Route::Collection)));
-        assert!(matches!(route("/v1/api-keys/"), Some(Route::Collection)));
-        assert!(matches!(route("/v1/api-keys/key_1"), Some(Route::Key(_))));
-        assert!(matches!(route("/v1/api-keys/key_1/rotate"), Some(Route::Rotate(_))));
-        assert!(route("/v1/api-keys/key_1/x").is_none());
-    }
-}
+#[path = "api_keys_tests.rs"]
+mod tests;

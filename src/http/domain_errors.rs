@@ -79,7 +79,7 @@ impl From<KeyError> for ApiError {
             }
             KeyError::ScopeEscalation(scope) => ApiError::scope_escalation(scope.as_str()),
             KeyError::OutlivesCaller => ApiError::scope_escalation("expires_at").with_message(
-                "A key cannot outlive the key that creates or rotates it: set `expires_at` no later than the caller's.",
+                "A key cannot outlive the key that creates, rotates or updates it: set `expires_at` no later than the caller's.",
             ),
             KeyError::OutsideCallersAllowlist => ApiError::scope_escalation("ip_allowlist").with_message(
                 "A key restricted by an IP allowlist can only mint keys restricted to networks inside it.",
@@ -87,6 +87,12 @@ impl From<KeyError> for ApiError {
             KeyError::KeyLimitReached(n) => ApiError::key_limit_reached(n),
             KeyError::CallerUnknown => ApiError::invalid_api_key(),
             KeyError::NotFound => ApiError::resource_missing("API key"),
+            KeyError::Revoked => ApiError::invalid_param("id", "A revoked key cannot be updated.")
+                .with_code("key_revoked"),
+            KeyError::Expired => {
+                ApiError::invalid_param("id", "An expired key cannot be updated.")
+                    .with_code("key_expired")
+            }
             KeyError::Store(e) => e.into(),
         }
     }

@@ -11,6 +11,7 @@ pub mod client_ip;
 mod domain_errors;
 pub mod events;
 pub mod health;
+pub mod key_update;
 pub mod publish;
 pub mod tickets;
 

@@ -54,6 +54,7 @@ async fn mint(
     let (ticket, expires_at) = tickets::mint(
         state.auth.tickets().as_ref(),
         &caller,
+        client,
         state.config.ticket_ttl,
         narrowed.clone(),
     )

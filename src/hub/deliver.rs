@@ -1,16 +1,17 @@
 //! The Hub's `Deliver`: fan-out of one event to the matching Outboxes (4009 on a full one)
 //! through the channel's `Flow` (in offset order; holes repaired from history, `gap` frames),
 //! malformed producer messages (counted, logged once a minute per channel), control messages
-//! (handed to the node's control handler) and broker gaps.
+//! and the loss and return of the control subscription (handed to the node's control
+//! handler) and broker gaps.
 //!
 //! May use: broker (`Delivery`, `Event`), outbox, protocol (close, gap frames), metrics, the
 //! Hub's flow and channels.  Never: await or do I/O.
 
 use std::time::Duration;
 
-use super::{channels::Subs, flow::Step, Hub};
+use super::{channels::Subs, flow::Step, ControlSignal, Hub};
 use crate::{
-    broker::{ChannelKey, Deliver, Delivery, Event},
+    broker::{ChannelKey, Deliver, Delivery, Done, Event},
     outbox::Push,
     protocol::{close::CloseCode, GapPosition, ServerMessage},
 };
@@ -86,6 +87,28 @@ impl Hub {
     }
 }
 
+impl Hub {
+    fn signal(&self, signal: ControlSignal) {
+        let up = match signal {
+            ControlSignal::Message(..) => None,
+            ControlSignal::Lost => Some(false),
+            ControlSignal::Regained => Some(true),
+        };
+        if let Some(up) = up {
+            let mut link = self.link.lock();
+            *link = Some(up);
+            if let Some(handle) = self.control.get() {
+                handle(signal);
+            }
+            return;
+        }
+        match self.control.get() {
+            Some(handle) => handle(signal),
+            None => tracing::warn!("a control signal arrived before the node was wired"),
+        }
+    }
+}
+
 impl Deliver for Hub {
     fn deliver(&self, delivery: Delivery) {
         match delivery {
@@ -110,11 +133,13 @@ impl Deliver for Hub {
                 self.metrics.events_malformed.inc();
                 self.log_malformed(&channel, &error);
             }
-            Delivery::Control(msg) => match self.control.get() {
-                Some(handle) => handle(msg),
-                None => tracing::warn!("a control message arrived before the node was wired"),
-            },
-            Delivery::ControlGap => self.gap.notify_one(),
+            Delivery::Control(msg) => self.signal(ControlSignal::Message(msg, Done::none())),
+            Delivery::Confirm(msg, done) => self.signal(ControlSignal::Message(msg, done)),
+            Delivery::ControlLost => self.signal(ControlSignal::Lost),
+            Delivery::ControlGap => {
+                self.signal(ControlSignal::Regained);
+                self.gap.notify_one();
+            }
             Delivery::Overflow => {
                 self.metrics.broker_overflows.inc();
             }

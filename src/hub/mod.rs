@@ -5,10 +5,12 @@
 //! per-channel lock); the last one leaving dissolves the channel after `UNSUBSCRIBE_DELAY`,
 //! so churn does not flap broker subscriptions (`channels`). Incoming deliveries are
 //! handled in `deliver`; control messages are handed to the handler `control.rs` installs.
+//! Each session carries its `Grant` (what it may read now, when it must close); `regrant`
+//! changes grants as `control` decides and nudges the sessions to apply them.
 //!
-//! Owns: `channels`, `sessions`, the tombstones of revoked keys and retired secrets, the
-//! dispatch loop.  May use: broker (traits), outbox, protocol, ids, token,
-//! metrics.  Never: await or do
+//! Owns: `channels`, `sessions` and their grants, the tombstones of revoked keys, retired
+//! secrets and updated keys, the dispatch loop.  May use: broker (traits), outbox, protocol,
+//! ids, token, scope, metrics.  Never: await or do
 //! I/O inside `deliver`; hold a map guard across `.await`; know what a control message means.
 //! Invariants: per channel, events are pushed to every Outbox in the order `deliver` saw them.
 
@@ -20,18 +22,20 @@ mod repair;
 mod tests;
 
 use std::{
+    net::IpAddr,
     sync::{Arc, OnceLock, Weak},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use dashmap::DashMap;
 
 use crate::{
-    broker::{Broker, ChannelKey, ControlMessage, Deliver},
+    broker::{Broker, ChannelKey, ControlMessage, Deliver, Done},
     ids::{ConnId, KeyId},
     metrics::Metrics,
     outbox::Outbox,
     protocol::close::CloseCode,
+    scope::{ScopeSet, TopicSet},
     token::TokenHash,
 };
 use channels::Channel;
@@ -39,15 +43,48 @@ use channels::Channel;
 /// How long a channel with no local subscriber stays subscribed at the broker.
 pub const UNSUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
 
-/// What the Hub knows about a session, for closing it by key or all at once.
+/// What the Hub knows about a session, for closing it by key or all at once, and for
+/// applying a key update to it (SPEC §8).
 pub struct SessionEntry {
     pub key_id: KeyId,
     pub secret: TokenHash,
     pub outbox: Arc<Outbox>,
+    /// The address the credential was checked from at connect (trusted proxies resolved; for
+    /// a ticket, the address that minted it), checked against a new allowlist. `None`: never.
+    pub client: Option<IpAddr>,
+    /// The most this stream may read whatever the key gains (a ticket's scopes; every scope
+    /// for a stream opened with the key itself).
+    pub limit: ScopeSet,
+    /// What the stream may read now and when it must close; the session applies it when
+    /// nudged (`regrant`).
+    pub grant: Grant,
 }
 
-/// What the node does with a control message (installed once, by `control`).
-pub type ControlHandler = Box<dyn Fn(ControlMessage) + Send + Sync>;
+/// A stream's permissions as of its key's latest record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub readable: TopicSet,
+    pub expires_at: Option<time::OffsetDateTime>,
+}
+
+/// What `regrant` decides for one session.
+pub enum Verdict {
+    Keep,
+    Close,
+    Grant(Grant),
+}
+
+/// What the node's control handling is told: a control message, or that its control
+/// subscription was lost or is back (messages may have been missed in between).
+pub enum ControlSignal {
+    /// A control message; drop `Done` once it is handled (a confirmed publish waits).
+    Message(ControlMessage, Done),
+    Lost,
+    Regained,
+}
+
+/// What the node does with control signals (installed once, by `control`).
+pub type ControlHandler = Box<dyn Fn(ControlSignal) + Send + Sync>;
 
 pub struct Hub {
     me: Weak<Hub>,
@@ -58,7 +95,13 @@ pub struct Hub {
     /// control message but registers just after it is still closed (see `register`).
     revoked: DashMap<KeyId, std::time::Instant>,
     retired: DashMap<TokenHash, std::time::Instant>,
+    /// Keys whose record was last applied to their streams at this time: a session that
+    /// authenticated before an update but registers after it re-reads its key.
+    updated: DashMap<KeyId, std::time::Instant>,
     control: OnceLock<ControlHandler>,
+    /// The latest `Lost`/`Regained` (true = regained), replayed to a handler installed after
+    /// it; the lock also keeps the two in order with the installation.
+    link: parking_lot::Mutex<Option<bool>>,
     /// Signalled after a broker gap (control messages may have been missed).
     gap: tokio::sync::Notify,
     /// When a malformed message was last logged per channel (at most once a minute).
@@ -97,7 +140,9 @@ impl Hub {
                 sessions: DashMap::new(),
                 revoked: DashMap::new(),
                 retired: DashMap::new(),
+                updated: DashMap::new(),
                 control: OnceLock::new(),
+                link: parking_lot::Mutex::new(None),
                 gap: tokio::sync::Notify::new(),
                 malformed_logged: DashMap::new(),
                 metrics,
@@ -110,9 +155,15 @@ impl Hub {
         &self.broker
     }
 
-    /// Installs what control messages do on this node (once; later calls are ignored).
+    /// Installs what control signals do on this node (once; later calls are ignored). The
+    /// control subscription's latest state, if it changed before, is replayed to it.
     pub fn set_control_handler(&self, handler: ControlHandler) {
-        let _ = self.control.set(handler);
+        let link = self.link.lock();
+        if self.control.set(handler).is_ok() {
+            if let (Some(handle), Some(up)) = (self.control.get(), *link) {
+                handle(if up { ControlSignal::Regained } else { ControlSignal::Lost });
+            }
+        }
     }
 
     // === sessions ===
@@ -126,6 +177,47 @@ impl Hub {
         if self.revoked.contains_key(&key) || self.retired.contains_key(&secret) {
             outbox.close(CloseCode::KeyRevoked);
         }
+    }
+
+    /// Whether an update of `key_id` was applied to this node's streams at or after `since`
+    /// (call after `register`: `regrant` marks the key before it scans the sessions).
+    pub fn updated_since(&self, key_id: &KeyId, since: Instant) -> bool {
+        self.updated.get(key_id).is_some_and(|at| *at >= since)
+    }
+
+    /// Decides for every session of `key_id` (all sessions when `None`): `decide` sees the
+    /// session's entry and says keep, close (4003), or a new grant, which the session is
+    /// nudged to apply when it differs from its current one. Returns (closed, changed).
+    pub fn regrant(
+        &self,
+        key_id: Option<&KeyId>,
+        mut decide: impl FnMut(&SessionEntry) -> Verdict,
+    ) -> (usize, usize) {
+        if let Some(k) = key_id {
+            tombstone(&self.updated, k.clone());
+        }
+        let (mut closed, mut changed) = (0, 0);
+        for mut s in self.sessions.iter_mut() {
+            if key_id.is_some_and(|k| s.key_id != *k) || s.outbox.close_requested().is_some() {
+                continue;
+            }
+            match decide(&s) {
+                Verdict::Keep => {}
+                Verdict::Close => closed += usize::from(s.outbox.close(CloseCode::KeyRevoked)),
+                Verdict::Grant(g) if g != s.grant => {
+                    s.grant = g;
+                    s.outbox.nudge();
+                    changed += 1;
+                }
+                Verdict::Grant(_) => {}
+            }
+        }
+        (closed, changed)
+    }
+
+    /// The session's current grant.
+    pub fn grant(&self, conn: ConnId) -> Option<Grant> {
+        self.sessions.get(&conn).map(|s| s.grant)
     }
 
     pub fn deregister(&self, conn: ConnId) {

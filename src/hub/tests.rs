@@ -48,6 +48,9 @@ impl Broker for Recording {
     async fn publish_control(&self, _: &ControlMessage) -> Result<(), BrokerError> {
         Ok(())
     }
+    async fn publish_control_confirmed(&self, _: &ControlMessage) -> Result<(), BrokerError> {
+        Ok(())
+    }
     async fn ping(&self) -> Result<(), BrokerError> {
         Ok(())
     }
@@ -156,29 +159,57 @@ async fn a_session_registering_after_its_keys_revocation_is_closed() {
     let key_id = KeyId::generate();
     hub.close_revoked_key(&key_id);
     let outbox = Arc::new(Outbox::new(8));
-    hub.register(
-        ConnId::generate(),
-        SessionEntry { key_id, secret: TokenHash::of("s"), outbox: outbox.clone() },
-    );
+    hub.register(ConnId::generate(), entry(key_id, TokenHash::of("s"), &outbox));
     assert_eq!(outbox.close_requested(), Some(CloseCode::KeyRevoked));
     let other = Arc::new(Outbox::new(8));
-    hub.register(
-        ConnId::generate(),
-        SessionEntry {
-            key_id: KeyId::generate(),
-            secret: TokenHash::of("t"),
-            outbox: other.clone(),
-        },
-    );
+    hub.register(ConnId::generate(), entry(KeyId::generate(), TokenHash::of("t"), &other));
     assert_eq!(other.close_requested(), None);
     let retired = TokenHash::of("old");
     hub.close_retired_secret(&KeyId::generate(), &retired);
     let late = Arc::new(Outbox::new(8));
-    hub.register(
-        ConnId::generate(),
-        SessionEntry { key_id: KeyId::generate(), secret: retired, outbox: late.clone() },
-    );
+    hub.register(ConnId::generate(), entry(KeyId::generate(), retired, &late));
     assert_eq!(late.close_requested(), Some(CloseCode::KeyRevoked));
+}
+
+fn entry(key_id: KeyId, secret: TokenHash, outbox: &Arc<Outbox>) -> SessionEntry {
+    SessionEntry {
+        key_id,
+        secret,
+        outbox: outbox.clone(),
+        client: None,
+        limit: crate::scope::ScopeSet::ALL,
+        grant: Grant { readable: TopicSet::default().with(Topic::Tasks), expires_at: None },
+    }
+}
+
+#[tokio::test]
+async fn regrant_nudges_only_changed_sessions_of_the_key_and_marks_it_updated() {
+    let (hub, _) = hub();
+    let (key, other_key) = (KeyId::generate(), KeyId::generate());
+    let (a, b, other) =
+        (Arc::new(Outbox::new(8)), Arc::new(Outbox::new(8)), Arc::new(Outbox::new(8)));
+    let (ca, cb) = (ConnId::generate(), ConnId::generate());
+    let before = std::time::Instant::now();
+    hub.register(ca, entry(key.clone(), TokenHash::of("a"), &a));
+    hub.register(cb, entry(key.clone(), TokenHash::of("b"), &b));
+    hub.register(ConnId::generate(), entry(other_key.clone(), TokenHash::of("o"), &other));
+    assert!(!hub.updated_since(&key, before));
+    let narrower = Grant { readable: TopicSet::default().with(Topic::Agents), expires_at: None };
+    let (closed, changed) = hub.regrant(Some(&key), |s| {
+        if s.secret == TokenHash::of("a") {
+            Verdict::Grant(narrower)
+        } else {
+            Verdict::Close
+        }
+    });
+    assert_eq!((closed, changed), (1, 1));
+    assert!(a.take_nudge() && !other.take_nudge());
+    assert_eq!(hub.grant(ca), Some(narrower));
+    assert_eq!(b.close_requested(), Some(CloseCode::KeyRevoked));
+    assert!(hub.updated_since(&key, before) && !hub.updated_since(&other_key, before));
+    // The same grant again changes nothing and wakes nobody.
+    assert_eq!(hub.regrant(Some(&key), |_| Verdict::Grant(narrower)), (0, 0));
+    assert!(!a.take_nudge());
 }
 
 fn event_at(offset: u64) -> Delivery {

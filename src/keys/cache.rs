@@ -1,13 +1,16 @@
 //! `KeyCache`: verified key records by secret hash, so a burst of connections with an
 //! already-seen key does not hit the store each time. Bounded in size and age, and emptied
-//! for a key by the same control messages that revoke or rotate it (on every node).
+//! for a key by the same control messages that revoke, rotate or update it (on every node).
+//! While the node cannot hear control messages (its control subscription is lost, or not up
+//! yet) the cache is *suspended*: empty, and nothing is cached, so every lookup reads the
+//! store and no node authenticates with a copy a missed message should have evicted.
 //!
 //! Owns: the cache.  May use: keys, ids, scope, token.  Never: cache a miss (unknown keys
 //! always reach the store; brute force is the rate limiter's job).
 
 use std::{
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
     time::{Duration, Instant},
@@ -25,11 +28,36 @@ pub struct KeyCache {
     /// Bumped by every invalidation: a record read from the store before an invalidation
     /// must not be cached after it (it may be the revoked one).
     generation: AtomicU64,
+    /// Suspended: misses every lookup and caches nothing (see the module doc).
+    suspended: AtomicBool,
 }
 
 impl KeyCache {
     pub fn new(max_entries: usize, max_age: Duration) -> Self {
-        Self { map: DashMap::new(), max_entries, max_age, generation: AtomicU64::new(0) }
+        Self {
+            map: DashMap::new(),
+            max_entries,
+            max_age,
+            generation: AtomicU64::new(0),
+            suspended: AtomicBool::new(false),
+        }
+    }
+
+    /// Empties the cache and stops caching until `resume` (control messages may be missed).
+    pub fn suspend(&self) {
+        self.suspended.store(true, Ordering::SeqCst);
+        self.clear();
+    }
+
+    /// Caches again. What was read from the store before this call is not cached (the
+    /// generation moves on), as it may predate a message the node missed.
+    pub fn resume(&self) {
+        self.clear();
+        self.suspended.store(false, Ordering::SeqCst);
+    }
+
+    pub fn is_suspended(&self) -> bool {
+        self.suspended.load(Ordering::SeqCst)
     }
 
     /// Read before a store lookup and pass to `put`.
@@ -39,6 +67,9 @@ impl KeyCache {
 
     /// A record cached less than `max_age` ago.
     pub fn get(&self, hash: &TokenHash) -> Option<Arc<KeyRecord>> {
+        if self.is_suspended() {
+            return None;
+        }
         let hit = self.map.get(hash)?;
         (hit.1.elapsed() < self.max_age).then(|| hit.0.clone())
     }
@@ -46,7 +77,7 @@ impl KeyCache {
     /// Caches a record read from the store when the cache was at `generation`; does nothing
     /// if an invalidation happened since.
     pub fn put(&self, hash: TokenHash, rec: Arc<KeyRecord>, generation: u64) {
-        if self.max_entries == 0 || self.max_age.is_zero() {
+        if self.max_entries == 0 || self.max_age.is_zero() || self.is_suspended() {
             return;
         }
         if self.map.len() >= self.max_entries {
@@ -125,6 +156,23 @@ mod tests {
         c.invalidate(&k); // the revocation lands while the store read is in flight
         c.put(TokenHash::of("k"), rec(&k), seen);
         assert!(c.get(&TokenHash::of("k")).is_none());
+        c.put(TokenHash::of("k"), rec(&k), c.generation());
+        assert!(c.get(&TokenHash::of("k")).is_some());
+    }
+
+    #[test]
+    fn a_suspended_cache_misses_and_keeps_nothing_read_before_it_resumed() {
+        let c = KeyCache::new(10, Duration::from_secs(60));
+        let k = KeyId::generate();
+        c.put(TokenHash::of("k"), rec(&k), c.generation());
+        c.suspend();
+        assert!(c.get(&TokenHash::of("k")).is_none(), "emptied");
+        let seen = c.generation(); // a store read while suspended
+        c.put(TokenHash::of("k"), rec(&k), seen);
+        assert!(c.is_empty(), "nothing cached while suspended");
+        c.resume();
+        c.put(TokenHash::of("k"), rec(&k), seen);
+        assert!(c.is_empty(), "a read from before the resume is not cached");
         c.put(TokenHash::of("k"), rec(&k), c.generation());
         assert!(c.get(&TokenHash::of("k")).is_some());
     }

@@ -101,8 +101,14 @@ pub enum ServerMessage {
     /// Events of `channel` before `position` may be missing (history could not repair it).
     #[serde(rename = "gap")]
     Gap { channel: Topic, position: GapPosition },
+    /// A client's `unsubscribe` answered (`reason` absent), or topics the server took away
+    /// (`"reason": "scope_removed"`: the key lost their read scope, SPEC §8).
     #[serde(rename = "unsubscribed")]
-    Unsubscribed { channels: Vec<Topic> },
+    Unsubscribed {
+        channels: Vec<Topic>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'static str>,
+    },
     #[serde(rename = "pong")]
     Pong,
     #[serde(rename = "error")]
@@ -191,6 +197,14 @@ mod tests {
             serde_json::json!({"type":"auth.success","message":"Authenticated successfully","connection_id":"conn_x","key_id":"key_y","environment":"live","channels":["agents","tasks"]})
         );
         assert_eq!(ServerMessage::Pong.to_frame().as_str(), r#"{"type":"pong"}"#);
+        let lost = ServerMessage::Unsubscribed {
+            channels: vec![Topic::Agents],
+            reason: Some("scope_removed"),
+        };
+        assert_eq!(
+            lost.to_frame().as_str(),
+            r#"{"type":"unsubscribed","channels":["agents"],"reason":"scope_removed"}"#
+        );
         let e = ServerMessage::error("insufficient_scope", "no", Some("agents.read".into()));
         assert_eq!(
             e.to_frame().as_str(),

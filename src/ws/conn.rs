@@ -47,6 +47,8 @@ pub enum Step {
     Message(Message),
     /// The server must close with this code.
     Close(CloseCode),
+    /// The session was nudged: its key changed (see `Outbox::nudge`).
+    Update,
     /// The client closed or the socket failed; nothing more can be sent.
     Gone,
 }
@@ -138,6 +140,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.outbox.register(cx.waker());
             if let Some(code) = self.outbox.close_requested() {
                 return Poll::Ready(Step::Close(code));
+            }
+            if self.outbox.take_nudge() {
+                return Poll::Ready(Step::Update);
             }
             if self.poll_write(cx).is_err() {
                 return Poll::Ready(Step::Gone);

@@ -52,7 +52,7 @@ pub async fn handle(mut req: Request<Incoming>, state: &Arc<AppState>) -> Respon
                         return;
                     }
                 }
-                Step::Message(_) => {}
+                Step::Message(_) | Step::Update => {}
                 Step::Close(code) => return conn.close(code, c.close_timeout).await,
                 Step::Gone => return conn.finish(c.close_timeout).await,
             }

@@ -2,7 +2,7 @@
 //! then the 101 is returned and the session is spawned on the node's task tracker.
 //!
 //! Owns: the order of pre-upgrade checks.  May use: state, auth, keys (`Principal`), budget,
-//! rate_limit, slots, token, error, session.
+//! rate_limit, slots, token, scope, error, session.
 //! Never: upgrade a request that failed a check.
 
 use std::{net::IpAddr, sync::Arc};
@@ -26,6 +26,7 @@ use crate::{
     error::ApiError,
     keys::Principal,
     rate_limit::client_block,
+    scope::ScopeSet,
     slots,
     state::AppState,
     token::TokenHash,
@@ -122,13 +123,20 @@ async fn check_and_upgrade(
         None => None,
     };
     // Every check passed: only now is a ticket used up (a refused upgrade leaves it valid).
-    // Of two connections racing with one ticket, one wins here.
-    if used_ticket && !state.auth.redeem_ticket(&credential).await? {
-        state.metrics.auth_failure("invalid_api_key");
-        return Err(
-            ApiError::invalid_api_key().with_message("Invalid, expired or already used ticket.")
-        );
-    }
+    // Of two connections racing with one ticket, one wins here. A key update checks a key's
+    // stream against the new allowlist with the client's address, a ticket's with the
+    // address that minted it (the browser's own never was), and never lets a ticket's stream
+    // read more than the ticket carried.
+    let (checked_from, limit) = if used_ticket {
+        let Some(ticket) = state.auth.redeem_ticket(&credential).await? else {
+            state.metrics.auth_failure("invalid_api_key");
+            return Err(ApiError::invalid_api_key()
+                .with_message("Invalid, expired or already used ticket."));
+        };
+        (ticket.minted_from, principal.scopes)
+    } else {
+        (Some(client), ScopeSet::ALL)
+    };
     if let (Some(c), Some(held)) = (&connection, client_share) {
         c.keep_client(held);
     }
@@ -137,6 +145,8 @@ async fn check_and_upgrade(
         connection,
         unauthenticated: (unauthenticated, by_key, by_account),
         started,
+        client: checked_from,
+        limit,
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let st = state.clone();

@@ -26,6 +26,8 @@ use crate::support::RedisServer;
 pub struct Recorder {
     seen: Mutex<Vec<String>>,
     events: Mutex<Vec<(ChannelKey, Arc<Event>)>>,
+    /// How long a confirmed control message's `Done` is held (work after the message).
+    hold: Duration,
 }
 
 impl Deliver for Recorder {
@@ -39,9 +41,18 @@ impl Deliver for Recorder {
             Delivery::Malformed { channel, .. } => format!("malformed {channel}"),
             Delivery::Control(ControlMessage::Revoke { key_id }) => format!("revoke {key_id}"),
             Delivery::Control(other) => format!("control {other:?}"),
+            Delivery::Confirm(msg, done) => {
+                let hold = self.hold;
+                tokio::spawn(async move {
+                    tokio::time::sleep(hold).await;
+                    drop(done);
+                });
+                format!("confirmed {msg:?}")
+            }
             Delivery::Gap => "gap".into(),
             Delivery::Overflow => "overflow".into(),
-            Delivery::ControlGap => "control gap".into(),
+            // The control link's state (reported at every connect), not a message.
+            Delivery::ControlGap | Delivery::ControlLost => return,
         };
         self.seen.lock().unwrap().push(line);
     }
@@ -217,4 +228,44 @@ async fn the_redis_broker_connects_even_if_its_handler_is_not_built_yet() {
     }
     assert!(ready, "the broker never connected");
     drop(handler);
+}
+
+/// A confirmed control message returns only once every node's handler let go of it: the
+/// publisher's own, and another node's holding it 300 ms.
+#[tokio::test]
+async fn a_confirmed_control_message_waits_for_every_handler() {
+    let held = Duration::from_millis(300);
+    let msg = ControlMessage::Update { key_id: KeyId::generate() };
+    let want = format!("confirmed {msg:?}");
+
+    let rec = Arc::new(Recorder { hold: held, ..Recorder::default() });
+    let handler: Weak<dyn Deliver> = Arc::downgrade(&(rec.clone() as Arc<dyn Deliver>));
+    let memory = MemoryBroker::new(handler, 1024, 0, Duration::from_secs(60));
+    let started = std::time::Instant::now();
+    memory.publish_control_confirmed(&msg).await.unwrap();
+    assert!(started.elapsed() >= held, "returned before the handler was done");
+    assert_eq!(rec.lines(), std::slice::from_ref(&want));
+
+    let redis = RedisServer::start().await;
+    let node = |hold| {
+        let rec = Arc::new(Recorder { hold, ..Recorder::default() });
+        let handler: Weak<dyn Deliver> = Arc::downgrade(&(rec.clone() as Arc<dyn Deliver>));
+        let link = Arc::new(RedisLink::new(&redis.url()).unwrap());
+        (RedisBroker::start(link, handler, settings(0)), rec)
+    };
+    let ((a, on_a), (b, on_b)) = (node(Duration::ZERO), node(held));
+    for _ in 0..500 {
+        if a.ready() && b.ready() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(a.ready() && b.ready());
+    let started = std::time::Instant::now();
+    a.publish_control_confirmed(&msg).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(on_b.lines(), std::slice::from_ref(&want), "the other node handled it first");
+    assert_eq!(on_a.lines(), [want], "applied on the publishing node once");
+    assert!(took >= held, "returned {took:?} after publishing, before B's handler was done");
+    assert!(took < miteos_stream::broker::redis::CONFIRM_WITHIN, "{took:?}: waited for nobody");
 }

@@ -63,7 +63,7 @@ async fn a_wrong_method_on_a_known_path_is_405_with_allow() {
         (false, "GET", "/v1/ws/tickets", "POST"),
         (false, "POST", "/v1/ws", "GET"),
         (false, "PUT", "/v1/api-keys", "GET, POST"),
-        (false, "POST", "/v1/api-keys/key_x", "GET, DELETE"),
+        (false, "POST", "/v1/api-keys/key_x", "GET, PATCH, DELETE"),
         (false, "GET", "/v1/api-keys/key_x/rotate", "POST"),
         (false, "POST", "/healthz", "GET"),
         (true, "GET", "/internal/v1/publish", "POST"),

@@ -139,6 +139,9 @@ impl Broker for Unreachable {
     async fn publish_control(&self, _: &ControlMessage) -> Result<(), BrokerError> {
         Err(BrokerError::Unavailable("down".into()))
     }
+    async fn publish_control_confirmed(&self, _: &ControlMessage) -> Result<(), BrokerError> {
+        Err(BrokerError::Unavailable("down".into()))
+    }
     async fn ping(&self) -> Result<(), BrokerError> {
         Ok(())
     }

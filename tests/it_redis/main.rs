@@ -21,8 +21,15 @@ mod ip_allowlist;
 mod key_lifecycle;
 #[path = "../it/key_pages.rs"]
 mod key_pages;
+#[path = "../it/key_update_api.rs"]
+mod key_update_api;
+#[path = "../it/key_updates.rs"]
+mod key_updates;
+mod key_updates_nodes;
 #[path = "../it/protection.rs"]
 mod protection;
+#[path = "../it/scope_diffs.rs"]
+mod scope_diffs;
 #[path = "../it/ticket_scopes.rs"]
 mod ticket_scopes;
 #[path = "../it/tickets.rs"]

@@ -3,6 +3,7 @@
 mod churn;
 mod fanout;
 mod idle;
+mod key_update;
 mod storm;
 
 use std::{sync::Arc, time::Instant};
@@ -24,6 +25,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Report> {
         Scenario::Slow(o) => fanout::run(o.fanout, o.slow, o.slow_rcvbuf).await,
         Scenario::Storm(o) => storm::run(o).await,
         Scenario::Churn(o) => churn::run(o).await,
+        Scenario::KeyUpdate(o) => key_update::run(o).await,
     }
 }
 

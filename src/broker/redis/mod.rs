@@ -10,6 +10,9 @@
 //! With history on (`history`), publishing is a call of the `miteos` function library,
 //! loaded on every (re)connect before the `Gap` is reported, so the node can repair it.
 //!
+//! Key updates are published *confirmed*: the call returns once every node acknowledged
+//! (or must have noticed it can no longer hear control messages), see `control`.
+//!
 //! The broker keeps the *desired* set of channels. A supervisor task per connection
 //! (re)connects with jittered, capped exponential backoff, resubscribes, reports a `Gap` after
 //! every reconnect (Redis pub/sub is at-most-once: what was published meanwhile is lost), and
@@ -31,11 +34,12 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use rand::Rng;
 use redis::aio::PubSubSink;
-use serde::{Deserialize, Serialize};
 
 mod control;
 mod history;
 mod ingress;
+
+pub use control::CONFIRM_WITHIN;
 
 use super::{
     codec, Broker, BrokerError, ChannelKey, ControlMessage, Deliver, Delivery, HistoryPage,
@@ -51,13 +55,6 @@ const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
 const HEALTH_EVERY: Duration = Duration::from_secs(5);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// A control message on the wire, tagged with its sender so a node skips its own.
-#[derive(Serialize, Deserialize)]
-struct Envelope {
-    node: String,
-    msg: ControlMessage,
-}
 
 pub struct RedisBroker {
     inner: Arc<Inner>,
@@ -91,6 +88,10 @@ struct Inner {
     /// Whether the event connection and the control connection are up.
     ready: AtomicBool,
     control_ready: AtomicBool,
+    /// Notified when the control connection comes up.
+    control_up: tokio::sync::Notify,
+    /// Confirmed control publishes waiting for acknowledgements.
+    acks: control::Acks,
     /// Messages read from Redis, in order, for the delivery task; and their payload bytes.
     queue: tokio::sync::mpsc::UnboundedSender<Queued>,
     queued_bytes: AtomicUsize,
@@ -127,6 +128,8 @@ impl RedisBroker {
             sink: Mutex::new(None),
             ready: AtomicBool::new(false),
             control_ready: AtomicBool::new(false),
+            control_up: tokio::sync::Notify::new(),
+            acks: control::Acks::default(),
             queue,
             queued_bytes: AtomicUsize::new(0),
             max_queued_bytes,
@@ -154,15 +157,6 @@ impl Inner {
     /// `id`, `created_at`) to what the producer sent, which `max_event_bytes` bounds.
     fn max_decoded_bytes(&self) -> usize {
         self.max_event_bytes + if self.history.is_some() { history::ADDED_BYTES } else { 0 }
-    }
-
-    /// A message of the control connection.
-    fn on_control(&self, payload: &[u8]) {
-        match serde_json::from_slice::<Envelope>(payload) {
-            Ok(env) if env.node == self.node => {} // applied locally when published
-            Ok(env) => self.deliver(Delivery::Control(env.msg)),
-            Err(e) => tracing::warn!(error = %e, "ignoring a malformed control message"),
-        }
     }
 }
 
@@ -321,19 +315,16 @@ impl Broker for RedisBroker {
     }
 
     async fn publish_control(&self, msg: &ControlMessage) -> Result<(), BrokerError> {
-        // Apply here first, so this node acts even if Redis is down.
-        self.inner.deliver(Delivery::Control(msg.clone()));
-        let payload =
-            serde_json::to_vec(&Envelope { node: self.inner.node.clone(), msg: msg.clone() })
-                .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-        let mut conn = self.inner.link.conn().await.map_err(unavailable)?;
-        redis::cmd("PUBLISH")
-            .arg(CONTROL_CHANNEL)
-            .arg(payload)
-            .query_async::<i64>(&mut conn)
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
+        control::publish(&self.inner, msg, false).await
+    }
+
+    async fn publish_control_confirmed(&self, msg: &ControlMessage) -> Result<(), BrokerError> {
+        control::publish(&self.inner, msg, true).await
+    }
+
+    fn confirm_within(&self) -> Duration {
+        // Waiting for the control subscription to come up, then for the acknowledgements.
+        COMMAND_TIMEOUT + CONFIRM_WITHIN
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {

@@ -18,7 +18,7 @@ pub enum KeyError {
     #[error("the caller does not hold scope {}", .0.as_str())]
     ScopeEscalation(Scope),
     /// The key would expire later than the caller's own key (or never, when the caller's does).
-    #[error("a key cannot outlive the key that creates or rotates it")]
+    #[error("a key cannot outlive the key that creates, rotates or updates it")]
     OutlivesCaller,
     /// The key would work from addresses outside the caller's IP allowlist.
     #[error("a key restricted by an IP allowlist can only mint keys inside it")]
@@ -29,6 +29,12 @@ pub enum KeyError {
     /// The caller's own key is no longer in the store.
     #[error("the calling key no longer exists")]
     CallerUnknown,
+    /// An update of a revoked key (a revocation is final).
+    #[error("a revoked key cannot be updated")]
+    Revoked,
+    /// An update of an expired key (it does not come back through an update).
+    #[error("an expired key cannot be updated")]
+    Expired,
     /// No such key in the caller's account and environment (another account's key is the
     /// same as none).
     #[error("no such key")]

@@ -1,5 +1,6 @@
-//! Key lifecycle: create, list, get, revoke, bootstrap. Revocation is announced to every
-//! node through the broker's control channel (this node's included).
+//! Key lifecycle: create, list, get, revoke, rotate, update (`update`), bootstrap.
+//! Revocations, retirements and updates are announced to every node through the broker's
+//! control channel (this node's included).
 //!
 //! Owns: the rules that turn requests into records.  May use: keys, ids, token, scope,
 //! broker (the trait only).  Never: touch sessions or sockets directly.
@@ -10,8 +11,12 @@ use ipnet::IpNet;
 use time::OffsetDateTime;
 
 mod error;
+mod limits;
+mod update;
 
 pub use error::KeyError;
+use limits::callers_limits;
+pub use update::Changes;
 
 use super::{KeyRecord, KeyStore, Principal, Secret, StoreError};
 use crate::{
@@ -107,18 +112,35 @@ impl KeyService {
 
     /// Publishes a control message to every node, retrying within `ANNOUNCE_WITHIN`.
     async fn announce(&self, msg: &ControlMessage) -> Result<(), StoreError> {
+        self.announce_as(msg, false).await
+    }
+
+    /// Like `announce`, returning once every node handled it (`publish_control_confirmed`);
+    /// the broker's confirmation wait comes on top of `ANNOUNCE_WITHIN`.
+    async fn announce_confirmed(&self, msg: &ControlMessage) -> Result<(), StoreError> {
+        self.announce_as(msg, true).await
+    }
+
+    async fn announce_as(&self, msg: &ControlMessage, confirmed: bool) -> Result<(), StoreError> {
         let attempts = async {
             let mut last = None;
             for pause in std::iter::once(0).chain(ANNOUNCE_BACKOFF) {
                 tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
-                match self.broker.publish_control(msg).await {
+                let sent = if confirmed {
+                    self.broker.publish_control_confirmed(msg).await
+                } else {
+                    self.broker.publish_control(msg).await
+                };
+                match sent {
                     Ok(()) => return Ok(()),
                     Err(e) => last = Some(e),
                 }
             }
             Err(last.map(|e| e.to_string()).unwrap_or_default())
         };
-        let failed = match tokio::time::timeout(ANNOUNCE_WITHIN, attempts).await {
+        let within = ANNOUNCE_WITHIN
+            + if confirmed { self.broker.confirm_within() } else { Default::default() };
+        let failed = match tokio::time::timeout(within, attempts).await {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(e)) => e,
             Err(_) => "timed out".to_owned(),
@@ -217,28 +239,21 @@ impl KeyService {
         Ok(self.create(new).await?)
     }
 
-    /// A key minted (or rotated, which hands out its secret) by `caller` may not outlive it
-    /// nor work from addresses it cannot: `expires_at` no later than the caller's, and every
-    /// allowed network inside the caller's allowlist when it has one.
+    /// A key minted (or rotated, which hands out its secret, or updated) by `caller` may not
+    /// outlive it nor work from addresses it cannot: `expires_at` no later than the
+    /// caller's, and every allowed network inside the caller's allowlist when it has one.
     async fn within_callers_limits(
         &self,
         caller: &Principal,
         expires_at: Option<OffsetDateTime>,
         ip_allowlist: &[IpNet],
     ) -> Result<(), KeyError> {
-        let parent = self.store.get(&caller.key_id).await?.ok_or(KeyError::CallerUnknown)?;
-        if let Some(limit) = parent.expires_at {
-            if expires_at.is_none_or(|t| t > limit) {
-                return Err(KeyError::OutlivesCaller);
-            }
-        }
-        if !parent.ip_allowlist.is_empty() {
-            let inside = |net: &IpNet| parent.ip_allowlist.iter().any(|p| p.contains(net));
-            if ip_allowlist.is_empty() || !ip_allowlist.iter().all(inside) {
-                return Err(KeyError::OutsideCallersAllowlist);
-            }
-        }
-        Ok(())
+        let parent = self.callers_record(caller).await?;
+        callers_limits(&parent, expires_at, ip_allowlist)
+    }
+
+    async fn callers_record(&self, caller: &Principal) -> Result<KeyRecord, KeyError> {
+        self.store.get(&caller.key_id).await?.ok_or(KeyError::CallerUnknown)
     }
 
     pub async fn list_for(&self, caller: &Principal) -> Result<Vec<KeyRecord>, KeyError> {

@@ -1,5 +1,6 @@
 //! A session's channel messages: `subscribe` (scope-checked, with event filters) and
-//! `unsubscribe`, validated as a whole before anything changes.
+//! `unsubscribe`, validated as a whole before anything changes; and the topics a key update
+//! takes away (`regrant`).
 //!
 //! May use: the parent module, hub, broker (`ChannelKey`, `Position`), scope, protocol.
 
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use super::Session;
 use crate::{
     broker::{BrokerError, Position},
+    hub::Grant,
     protocol::{filter::EventFilter, Resume, ServerMessage},
     scope::Topic,
 };
@@ -99,7 +101,28 @@ impl Session {
             self.state.hub.unsubscribe(&self.reg.key(*topic), &self.outbox);
             self.reg.topics = self.reg.topics.without(*topic);
         }
-        self.send(ServerMessage::Unsubscribed { channels: topics });
+        self.send(ServerMessage::Unsubscribed { channels: topics, reason: None });
+    }
+
+    /// Applies the grant the Hub holds for this session (SPEC §8): joined topics it no
+    /// longer allows are left first, so no event of theirs follows the client's
+    /// `unsubscribed` (`scope_removed`); topics it adds are only allowed, not joined.
+    /// Returns the grant; the caller closes when it allows nothing and moves the expiry.
+    pub(super) fn regrant(&mut self) -> Option<Grant> {
+        let grant = self.state.hub.grant(self.reg.conn)?;
+        self.readable = grant.readable;
+        let lost = self.reg.topics.minus(grant.readable);
+        if !lost.is_empty() && !grant.readable.is_empty() {
+            for topic in lost.iter() {
+                self.state.hub.unsubscribe(&self.reg.key(topic), &self.outbox);
+                self.reg.topics = self.reg.topics.without(topic);
+            }
+            self.send(ServerMessage::Unsubscribed {
+                channels: lost.to_vec(),
+                reason: Some("scope_removed"),
+            });
+        }
+        Some(grant)
     }
 
     /// Joins one channel (or replaces its filter if joined already). Returns the channel's

@@ -1,8 +1,10 @@
 //! One WebSocket session after the upgrade: the auth handshake (4001/4002), registration and
-//! auto-subscription, the client-message loop (subscribe, unsubscribe, ping), and teardown.
+//! auto-subscription, the client-message loop (subscribe, unsubscribe, ping), key updates
+//! (the grant the Hub holds for it, applied when nudged), and teardown.
 //!
 //! Owns: the session's subscriptions and its exit code.  May use: state, hub, outbox,
-//! protocol, keys (`Principal`), broker, budget, slots, ids, scope, token, metrics, refusals.
+//! protocol, keys (`Principal`), broker, budget, slots, ids, scope, token, metrics, refusals,
+//! control (to re-read a key that changed while registering).
 //! Never: write to the socket except through `Conn`.
 //! Invariants: `auth.success` is queued before any event; every exit path closes with one
 //! `CloseCode` (or the client left first); the Registration guard always deregisters.
@@ -20,14 +22,14 @@ use super::conn::{Conn, Step};
 use crate::{
     broker::ChannelKey,
     budget::{ConnPermit, Held},
-    hub::{Hub, SessionEntry},
+    hub::{Grant, Hub, SessionEntry},
     ids::{AccountId, ConnId, KeyId},
     keys::Principal,
     metrics::{CloseLabel, Metrics},
     outbox::{Outbox, Push},
     protocol::{close::CloseCode, ClientMessage, ServerMessage},
     refusals::{self, Refused},
-    scope::{Environment, Topic, TopicSet},
+    scope::{Environment, ScopeSet, Topic, TopicSet},
     slots::{self, Slot},
     state::AppState,
     token::TokenHash,
@@ -81,8 +83,14 @@ pub struct Admission {
     pub expected: TokenHash,
     pub connection: Option<ConnPermit>,
     pub unauthenticated: Unauthenticated,
-    /// When the `/v1/ws` request arrived (for the handshake-time histogram).
+    /// When the `/v1/ws` request arrived (for the handshake-time histogram), before its
+    /// credential was checked.
     pub started: std::time::Instant,
+    /// Where the credential was checked from (for a ticket: the address that minted it),
+    /// checked again when the key's allowlist changes; `None`: never checked.
+    pub client: Option<std::net::IpAddr>,
+    /// The most the stream may read whatever its key gains (a ticket's scopes).
+    pub limit: ScopeSet,
 }
 
 /// An unauthenticated socket's shares: of the node's budget, its key's and its account's.
@@ -115,14 +123,23 @@ where
     let cfg = &state.config;
     let conn_id = ConnId::generate();
     let outbox = Arc::new(Outbox::new(cfg.outbox_capacity));
+    let readable = principal.scopes.intersect(admission.limit).read_topics();
     state.hub.register(
         conn_id,
         SessionEntry {
             key_id: principal.key_id.clone(),
             secret: principal.secret,
             outbox: outbox.clone(),
+            client: admission.client,
+            limit: admission.limit,
+            grant: Grant { readable, expires_at: principal.expires_at },
         },
     );
+    // The key may have changed after its record was read for this connection and before
+    // the session was registered: read it again.
+    if state.hub.updated_since(&principal.key_id, admission.started) {
+        state.control.spawn_refresh(principal.key_id.clone(), crate::broker::Done::none());
+    }
     state.metrics.connections_open.inc();
     state.metrics.connections_total.inc();
     let reg = Registration {
@@ -146,7 +163,6 @@ where
         state.metrics.delivery_seconds.clone(),
     );
     conn.set_expiry(principal.expires_at.map(deadline_of));
-    let readable = principal.scopes.read_topics();
     let messages = state.limits.message_limiter().map(Box::new);
     let span = tracing::debug_span!("ws", conn = %conn_id, key_id = %principal.key_id);
     let mut session = Session { state, outbox, reg, readable, messages, _slot: None };
@@ -195,11 +211,14 @@ impl Session {
             Box::new(step)
         })?;
         let authed = self.authenticate(first, &principal, &expected).await;
+        if let Ok(Some(g)) = authed {
+            conn.set_expiry(g.expires_at.map(deadline_of));
+        }
         drop(unauthenticated);
         if authed.is_ok() {
             self.state.metrics.handshake_seconds.observe(started.elapsed().as_secs_f64());
         }
-        authed.map_err(close)
+        authed.map(|_| ()).map_err(close)
     }
 
     /// Closes with the session's exit code (or completes the client's close).
@@ -210,7 +229,9 @@ impl Session {
                 tracing::debug!(code = code.code(), "closing");
                 conn.close(code, self.state.config.close_timeout).await;
             }
-            Step::Gone | Step::Message(_) => conn.finish(Duration::from_secs(1)).await,
+            Step::Gone | Step::Message(_) | Step::Update => {
+                conn.finish(Duration::from_secs(1)).await
+            }
         }
     }
 
@@ -234,13 +255,14 @@ impl Session {
         }
     }
 
-    /// Checks the first message, queues `auth.success`, then subscribes every readable topic.
+    /// Checks the first message, queues `auth.success`, then subscribes every readable topic
+    /// (as of the key's latest record this node applied: returned, for the expiry).
     async fn authenticate(
         &mut self,
         first: Message,
         principal: &Principal,
         expected: &TokenHash,
-    ) -> Result<(), CloseCode> {
+    ) -> Result<Option<Grant>, CloseCode> {
         let Message::Text(text) = first else {
             return Err(self.auth_failed("ws_auth_invalid_message", principal));
         };
@@ -251,6 +273,11 @@ impl Session {
         };
         if !TokenHash::of(&credential).ct_eq(expected) {
             return Err(self.auth_failed("ws_auth_mismatch", principal));
+        }
+        // The key may have changed while the client took its time to authenticate.
+        let granted = self.regrant();
+        if self.readable.is_empty() {
+            return Err(CloseCode::KeyRevoked);
         }
         let topics = self.readable.to_vec();
         let (connection_id, key_id) = (self.reg.conn.to_string(), principal.key_id.to_string());
@@ -267,7 +294,7 @@ impl Session {
             .await
             .map_err(|_| CloseCode::TryAgainLater)?;
         tracing::debug!("authenticated");
-        Ok(())
+        Ok(granted)
     }
 
     fn auth_failed(&self, why: &'static str, principal: &Principal) -> CloseCode {
@@ -293,6 +320,11 @@ impl Session {
                     "only JSON text messages are accepted",
                     None,
                 )),
+                Step::Update => match self.regrant() {
+                    Some(g) if g.readable.is_empty() => return Step::Close(CloseCode::KeyRevoked),
+                    Some(g) => conn.set_expiry(g.expires_at.map(deadline_of)),
+                    None => {}
+                },
                 other => return other,
             }
         }

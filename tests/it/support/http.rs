@@ -80,4 +80,33 @@ impl HttpClient {
         }
         self.send(b.body(Full::new(Bytes::from(body.to_owned()))).unwrap()).await
     }
+
+    /// `PATCH path` with a JSON body (SPEC §8 key updates).
+    pub async fn patch_json(
+        &mut self,
+        path: &str,
+        bearer: Option<&str>,
+        body: &str,
+    ) -> HttpResponse {
+        self.with_body(hyper::Method::PATCH, path, bearer, body).await
+    }
+
+    /// Any method with a JSON body.
+    pub async fn with_body(
+        &mut self,
+        method: hyper::Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: &str,
+    ) -> HttpResponse {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.host)
+            .header("content-type", "application/json");
+        if let Some(t) = bearer {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        self.send(b.body(Full::new(Bytes::from(body.to_owned()))).unwrap()).await
+    }
 }

@@ -6,6 +6,7 @@
 
 pub mod bin;
 pub mod http;
+pub mod proxy;
 pub mod raw;
 pub mod raw_http;
 pub mod redis;
