@@ -19,19 +19,6 @@ use crate::{
 pub(super) struct Sub {
     pub(super) outbox: Arc<Outbox>,
     pub(super) filter: Option<Arc<EventFilter>>,
-    /// A resumed session that saw more of the channel than this node has delivered yet (it
-    /// came from a node ahead of this one): events up to this position are not sent again.
-    pub(super) seen: Option<Box<Position>>,
-}
-
-impl Sub {
-    /// Whether the session has this event already (see `seen`).
-    pub(super) fn has_seen(&self, offset: Option<u64>, epoch: Option<&str>) -> bool {
-        match (&self.seen, offset) {
-            (Some(seen), Some(o)) => o <= seen.offset && epoch == Some(&*seen.epoch),
-            _ => false,
-        }
-    }
 }
 
 /// A channel's subscribers. Joining is a push and leaving at session end is a count: the
@@ -45,6 +32,38 @@ pub(super) struct Subs {
     /// The channel's position on this node and its gap repair, under the same lock as the
     /// list so a joiner's position and the events it gets agree.
     pub(super) flow: Flow,
+    /// Resumed sessions that saw more of the channel than this node has delivered yet (they
+    /// came from a node ahead of this one): events up to their position are not sent to them
+    /// again. Rare and short-lived (dropped once delivery passes them), so kept beside the
+    /// list rather than in every `Sub`.
+    pub(super) ahead: Vec<(Arc<Outbox>, Position)>,
+}
+
+impl Subs {
+    /// Whether the session owning `outbox` has this event already (see `ahead`).
+    pub(super) fn has_seen(
+        &self,
+        outbox: &Arc<Outbox>,
+        offset: Option<u64>,
+        epoch: Option<&str>,
+    ) -> bool {
+        let Some(o) = offset else { return false };
+        self.ahead.iter().any(|(a, seen)| {
+            Arc::ptr_eq(a, outbox) && o <= seen.offset && epoch == Some(&*seen.epoch)
+        })
+    }
+
+    /// Forgets the `ahead` entries delivery has now caught up with.
+    pub(super) fn prune_ahead(&mut self) {
+        if self.ahead.is_empty() {
+            return;
+        }
+        let last = self.flow.last().cloned();
+        self.ahead.retain(|(o, seen)| {
+            !o.is_retired()
+                && last.as_ref().is_some_and(|l| l.epoch == seen.epoch && l.offset < seen.offset)
+        });
+    }
 }
 
 impl Subs {
@@ -116,8 +135,10 @@ impl Hub {
                         _ => None,
                     };
                     let position = ahead.clone().or(last);
-                    let seen = ahead.map(Box::new);
-                    subs.list.push(Sub { outbox: outbox.clone(), filter, seen });
+                    if let Some(seen) = ahead {
+                        subs.ahead.push((outbox.clone(), seen));
+                    }
+                    subs.list.push(Sub { outbox: outbox.clone(), filter });
                     return Ok(position);
                 }
             }

@@ -23,9 +23,10 @@ impl Hub {
     /// Pushes one event to every subscriber whose filter takes it (4009 on a full queue).
     pub(super) fn fan_out(&self, subs: &Subs, event: &Event) {
         let (mut delivered, mut slow) = (0u64, 0u64);
+        let ahead = !subs.ahead.is_empty();
         for s in subs.list.iter() {
             if s.filter.as_ref().is_some_and(|f| !f.matches(&event.name))
-                || s.has_seen(event.offset, event.epoch.as_deref())
+                || (ahead && subs.has_seen(&s.outbox, event.offset, event.epoch.as_deref()))
             {
                 continue;
             }
@@ -119,11 +120,13 @@ impl Deliver for Hub {
                 if subs.flow.takes_next(&event) {
                     // The common case: the next offset (or none), nothing being repaired.
                     self.fan_out(&subs, &event);
+                    subs.prune_ahead();
                     return;
                 }
                 let mut steps = Vec::new();
                 let repair = subs.flow.on_event(event, &mut steps);
                 self.apply(&channel, &subs, steps);
+                subs.prune_ahead();
                 drop(subs);
                 if let Some(r) = repair {
                     self.spawn_repair(channel, r);
