@@ -31,6 +31,7 @@ use tokio_tungstenite::{
     WebSocketStream,
 };
 
+use super::lone_frame::LoneFrame;
 use crate::{
     metrics::LatencyHistogram,
     outbox::{self, Outbox},
@@ -39,6 +40,10 @@ use crate::{
 
 /// Frames written per poll before yielding to other tasks.
 const WRITE_BUDGET: usize = 1024;
+
+/// The largest frame written past tungstenite when alone (`lone_frame`): one that nearly
+/// always fits the socket's send buffer at once. Larger ones go through tungstenite.
+const LONE_MAX: usize = 16 * 1024;
 
 /// What woke the pump up, for the session to act on.
 #[derive(Debug)]
@@ -58,7 +63,11 @@ pub struct Conn<S> {
     outbox: Arc<Outbox>,
     /// Frames taken from the Outbox that the socket has not accepted yet.
     pending: VecDeque<Utf8Bytes>,
+    /// A reply that was alone in the queue, being written past tungstenite (`lone_frame`).
+    lone: Option<LoneFrame>,
     unflushed: bool,
+    /// A frame was read since the last flush: tungstenite may hold a reply to it (a pong).
+    read_since_flush: bool,
     /// When the oldest event not yet flushed was received from the broker.
     unflushed_since: Option<std::time::Instant>,
     delivery_latency: LatencyHistogram,
@@ -87,7 +96,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             ws,
             outbox,
             pending: VecDeque::new(),
+            lone: None,
             unflushed: false,
+            read_since_flush: false,
             unflushed_since: None,
             delivery_latency,
             ping_due: false,
@@ -147,8 +158,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if self.poll_write(cx).is_err() {
                 return Poll::Ready(Step::Gone);
             }
-            if let Poll::Ready(step) = self.poll_read(cx) {
-                return Poll::Ready(step);
+            // Not while a lone frame is half written: tungstenite's read may write an
+            // automatic pong, which would cut into it. The socket is full then (the client
+            // is not reading); the heartbeat and the close path still run.
+            if self.lone.is_none() {
+                if let Poll::Ready(step) = self.poll_read(cx) {
+                    return Poll::Ready(step);
+                }
             }
             if self.timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
@@ -169,6 +185,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             };
             self.last_seen = Instant::now();
             self.ping_sent = None;
+            self.read_since_flush = true;
             return Poll::Ready(match item {
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                 Some(Ok(Message::Close(_))) | None => Step::Gone,
@@ -195,12 +212,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), WsError> {
         let mut budget = WRITE_BUDGET;
         loop {
+            if let Some(lone) = self.lone.as_mut() {
+                match lone.poll_write(self.ws.get_mut(), cx) {
+                    Poll::Ready(Ok(())) => self.lone = None,
+                    Poll::Ready(Err(e)) => return Err(WsError::Io(e)),
+                    Poll::Pending => return Ok(()),
+                }
+            }
             if self.pending.is_empty() && !self.ping_due {
                 let (taken, oldest) = self.outbox.take_into(&mut self.pending);
                 if taken == 0 {
                     break;
                 }
                 self.unflushed_since = self.unflushed_since.or(oldest);
+                // A lone reply (no event: events keep tungstenite's path, measured the
+                // cheaper one in step fanout) bypasses the codec's buffer.
+                if taken == 1
+                    && oldest.is_none()
+                    && self.pending[0].len() <= LONE_MAX
+                    && self.codec_is_empty(cx)?
+                {
+                    self.lone = self.pending.pop_front().map(LoneFrame::text);
+                    continue;
+                }
             }
             match Pin::new(&mut self.ws).poll_ready(cx) {
                 Poll::Ready(Ok(())) => {}
@@ -229,12 +263,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if let Poll::Ready(r) = Pin::new(&mut self.ws).poll_flush(cx) {
                 r?;
                 self.unflushed = false;
+                self.read_since_flush = false;
                 if let Some(since) = self.unflushed_since.take() {
                     self.delivery_latency.observe(since.elapsed());
                 }
             }
         }
         Ok(())
+    }
+
+    /// Whether tungstenite has nothing buffered, so a frame may bypass it: the last flush
+    /// completed, and nothing was read since — or flushing again (an automatic pong, perhaps
+    /// half written) completes at once.
+    fn codec_is_empty(&mut self, cx: &mut Context<'_>) -> Result<bool, WsError> {
+        if self.unflushed {
+            return Ok(false);
+        }
+        if !self.read_since_flush {
+            return Ok(true);
+        }
+        match Pin::new(&mut self.ws).poll_flush(cx) {
+            Poll::Ready(r) => r.map(|()| {
+                self.read_since_flush = false;
+                true
+            }),
+            Poll::Pending => Ok(false),
+        }
     }
 
     /// The timer fired: send a ping, or time out the heartbeat or the credential.
@@ -274,6 +328,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     pub async fn close(mut self, code: CloseCode, limit: Duration) {
         let frame = CloseFrame { code: WireCode::from(code.code()), reason: code.reason().into() };
         let handshake = async {
+            self.finish_lone().await?;
             self.ws.send(Message::Close(Some(frame))).await?;
             while let Some(Ok(_)) = self.ws.next().await {}
             Ok::<(), WsError>(())
@@ -283,14 +338,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// Completes a half-written lone frame: nothing else may go out before it does.
+    async fn finish_lone(&mut self) -> Result<(), WsError> {
+        if let Some(mut lone) = self.lone.take() {
+            let ws = &mut self.ws;
+            poll_fn(|cx| lone.poll_write(ws.get_mut(), cx)).await.map_err(WsError::Io)?;
+        }
+        Ok(())
+    }
+
     /// Writes one message now, after whatever is queued (the conformance echo's binary
     /// replies; sessions only ever send text through the Outbox).
     #[cfg(feature = "conformance")]
     pub async fn send_now(&mut self, msg: Message) -> Result<(), WsError> {
-        while !self.pending.is_empty() || self.unflushed {
+        while !self.pending.is_empty() || self.unflushed || self.lone.is_some() {
             let mut failed = None;
             poll_fn(|cx| match self.poll_write(cx) {
-                Ok(()) if self.pending.is_empty() && !self.unflushed => Poll::Ready(()),
+                Ok(()) if self.pending.is_empty() && !self.unflushed && self.lone.is_none() => {
+                    Poll::Ready(())
+                }
                 Ok(()) => Poll::Pending,
                 Err(e) => {
                     failed = Some(e);
@@ -307,7 +373,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// After the client's close: flush the automatic close reply, briefly.
     pub async fn finish(mut self, limit: Duration) {
-        let _ = tokio::time::timeout(limit, self.ws.flush()).await;
+        let reply = async {
+            self.finish_lone().await?;
+            self.ws.flush().await
+        };
+        let _ = tokio::time::timeout(limit, reply).await;
     }
 }
 

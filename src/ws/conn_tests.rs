@@ -169,3 +169,103 @@ async fn each_flushed_write_with_events_is_observed_once_and_replies_are_not() {
     assert!((1..=2).contains(&latency.count()), "observed {}", latency.count());
     pump.abort();
 }
+
+/// A socket that takes at most 16 bytes per write and answers every third write with
+/// "not now" (waking at once), as a TCP socket does when its buffer drains in between.
+struct Trickle {
+    io: DuplexStream,
+    writes: u32,
+}
+
+impl tokio::io::AsyncRead for Trickle {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Trickle {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.writes += 1;
+        if self.writes % 3 == 0 {
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        let n = buf.len().min(16);
+        std::pin::Pin::new(&mut self.io).poll_write(cx, &buf[..n])
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lone_frame_half_written_is_never_cut_by_the_pong_of_a_ping_read_meanwhile() {
+    let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+    let server_io = Trickle { io: server_io, writes: 0 };
+    let cfg = WebSocketConfig::default().write_buffer_size(0);
+    let server = WebSocketStream::from_raw_socket(server_io, Role::Server, Some(cfg)).await;
+    let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+    let outbox = Arc::new(Outbox::new(1000));
+    let mut conn = Conn::new(server, outbox.clone(), PING, PONG, LatencyHistogram::default());
+    // The pings are waiting before the frame starts: the pump reads them while the frame
+    // goes out 16 bytes at a time.
+    for _ in 0..3 {
+        client.send(Message::Ping("p".into())).await.unwrap();
+    }
+    let big = "b".repeat(3_000);
+    outbox.push(big.clone().into());
+    let pump = tokio::spawn(async move {
+        loop {
+            if let Step::Gone = conn.next_step().await {
+                return;
+            }
+        }
+    });
+    let mut texts = Vec::new();
+    let mut pongs = 0;
+    while texts.len() < 2 || pongs < 3 {
+        match client.next().await {
+            Some(Ok(Message::Text(t))) => {
+                texts.push(t.to_string());
+                outbox.push("after".into());
+            }
+            Some(Ok(Message::Pong(_))) => pongs += 1,
+            other => panic!("the stream broke: {other:?}"),
+        }
+    }
+    assert_eq!(texts[..2], [big, "after".to_owned()]);
+    pump.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_close_waits_for_a_half_written_lone_frame() {
+    let (mut conn, outbox, mut client) = pair(64).await;
+    let big = "c".repeat(2_000);
+    outbox.push(big.clone().into());
+    // Drive the pump until the frame is half out (the pipe holds 64 bytes).
+    assert!(timeout(Duration::from_secs(1), conn.next_step()).await.is_err());
+    let closing = tokio::spawn(conn.close(CloseCode::SlowConsumer, Duration::from_secs(5)));
+    match client.next().await {
+        Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), big),
+        other => panic!("expected the whole frame first, got {other:?}"),
+    }
+    assert_eq!(close_code(client.next().await), 4009);
+    closing.await.unwrap();
+}

@@ -6,5 +6,6 @@
 pub mod conn;
 #[cfg(feature = "conformance")]
 pub mod echo;
+mod lone_frame;
 pub mod session;
 pub mod upgrade;
