@@ -45,6 +45,10 @@ pub struct Cli {
     /// Redis URL: run in Redis mode (overrides config and MITEOS_REDIS_URL).
     #[arg(long, global = true, value_name = "URL")]
     redis_url: Option<String>,
+    /// Redis Cluster seed nodes, comma-separated: run in Redis mode on the cluster (overrides
+    /// config and MITEOS_REDIS_CLUSTER; exclusive with --redis-url).
+    #[arg(long, global = true, value_name = "URL[,URL…]")]
+    redis_cluster: Option<String>,
     /// Directory of the embedded key store (overrides config and MITEOS_DATA_DIR).
     #[arg(long, global = true, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -152,6 +156,7 @@ pub fn main() -> ExitCode {
         listen: cli.listen,
         admin_listen: cli.admin_listen,
         redis_url: cli.redis_url.clone(),
+        redis_cluster: cli.redis_cluster.clone(),
         data_dir: cli.data_dir.clone(),
     };
     let config = match Config::load(cli.config.as_deref(), &flags) {
@@ -305,7 +310,7 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
 async fn publish(args: PublishArgs, config: &Config) -> Result<(), Failure> {
     let data: serde_json::Value =
         serde_json::from_str(&args.data).map_err(|e| usage(anyhow!("--data is not JSON: {e}")))?;
-    if config.redis_url.is_some() {
+    if config.redis_mode() {
         return publish_to_redis(&args, &data, config).await;
     }
     let token = match &config.admin_token {

@@ -46,7 +46,7 @@ pub enum NodeError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("admin token file {path}: {source}")]
     AdminToken { path: String, source: std::io::Error },
-    #[error("redis_url: {0}")]
+    #[error("{0}")]
     Redis(String),
 }
 
@@ -79,7 +79,7 @@ impl Backends {
         let cache = Arc::new(KeyCache::new(config.key_cache_entries, config.key_cache_ttl));
         let max_event_bytes = config.max_event_bytes;
         let queue_bytes = config.max_broker_queue_bytes;
-        let Some(url) = &config.redis_url else {
+        if !config.redis_mode() {
             let (size, ttl) = (config.history_size, config.history_ttl);
             let hub = Hub::new(metrics.clone(), size, |handler| {
                 Arc::new(MemoryBroker::new(handler, max_event_bytes, size, ttl))
@@ -92,10 +92,17 @@ impl Backends {
                 hub,
                 metrics,
             });
-        };
+        }
         // Until the control subscription is up this node would not hear a key change.
         cache.suspend();
-        let link = Arc::new(RedisLink::new(url).map_err(|e| NodeError::Redis(e.to_string()))?);
+        let link = match &config.redis_url {
+            Some(url) => {
+                RedisLink::new(url).map_err(|e| NodeError::Redis(format!("redis_url: {e}")))
+            }
+            None => RedisLink::cluster(&config.cluster_seeds())
+                .map_err(|e| NodeError::Redis(format!("redis_cluster: {e}"))),
+        };
+        let link = Arc::new(link?);
         let broker_link = link.clone();
         let settings = redis_broker::Settings {
             max_event_bytes,

@@ -31,6 +31,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Redis URL; when set the node runs in Redis mode (issue 4), else embedded.
     pub redis_url: Option<String>,
+    /// Seed nodes of a Redis 7 Cluster, comma-separated (`redis://h1:7000,redis://h2:7001`):
+    /// Redis mode on the cluster, with sharded pub/sub (SPEC §9). Exclusive with `redis_url`.
+    pub redis_cluster: Option<String>,
     /// Bearer token for the admin listener's publish endpoint. When unset the server
     /// generates one and writes it to `<data_dir>/admin_token` (mode 0600).
     pub admin_token: Option<String>,
@@ -152,6 +155,7 @@ impl Default for Config {
             listen_backlog: 4096,
             data_dir: PathBuf::from("./data"),
             redis_url: None,
+            redis_cluster: None,
             admin_token: None,
             trusted_proxies: Vec::new(),
             log: "info".into(),
@@ -208,7 +212,7 @@ pub enum LogFormat {
 
 /// Settings whose values are secrets (a password may be in the Redis URL): errors never
 /// quote them.
-const SECRET_SETTINGS: [&str; 2] = ["admin_token", "redis_url"];
+const SECRET_SETTINGS: [&str; 3] = ["admin_token", "redis_url", "redis_cluster"];
 
 /// The longest any duration setting may be.
 const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -222,6 +226,8 @@ pub struct Flags {
     pub admin_listen: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_cluster: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
 }
@@ -270,6 +276,17 @@ impl Config {
         Ok(config)
     }
 
+    /// Whether the node runs on Redis (one Redis or a cluster) rather than embedded.
+    pub fn redis_mode(&self) -> bool {
+        self.redis_url.is_some() || self.redis_cluster.is_some()
+    }
+
+    /// The cluster's seed URLs (empty unless `redis_cluster` is set).
+    pub fn cluster_seeds(&self) -> Vec<String> {
+        let seeds = self.redis_cluster.as_deref().unwrap_or_default().split(',');
+        seeds.map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    }
+
     /// Parses a TOML document on top of the defaults (no environment, no flags).
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
         Figment::from(Serialized::defaults(Config::default()))
@@ -286,110 +303,10 @@ impl Config {
             _ => Vec::new(),
         }
     }
-
-    /// Rejects values the server cannot run with.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive = [
-            ("header_read_timeout", self.header_read_timeout),
-            ("ticket_ttl", self.ticket_ttl),
-            ("auth_timeout", self.auth_timeout),
-            ("ping_interval", self.ping_interval),
-            ("pong_timeout", self.pong_timeout),
-            ("close_timeout", self.close_timeout),
-            ("shutdown_grace", self.shutdown_grace),
-            ("body_read_timeout", self.body_read_timeout),
-            ("request_timeout", self.request_timeout),
-            ("history_ttl", self.history_ttl),
-        ];
-        for (name, d) in positive
-            .into_iter()
-            .chain([("key_cache_ttl", self.key_cache_ttl.max(Duration::from_secs(1)))])
-        {
-            if d.is_zero() {
-                return Err(ConfigError::new(name, "must be greater than zero"));
-            }
-            // Deadlines are computed as now + duration: keep them far from overflow.
-            if d > MAX_DURATION {
-                return Err(ConfigError::new(name, "must be at most 7 days"));
-            }
-        }
-        let at_least = [
-            ("max_header_bytes", self.max_header_bytes, 8192),
-            ("max_body_bytes", self.max_body_bytes, 1),
-            ("max_message_bytes", self.max_message_bytes, 128),
-            ("max_event_bytes", self.max_event_bytes, 64),
-            ("outbox_capacity", self.outbox_capacity, 1),
-            ("ws_read_buffer_bytes", self.ws_read_buffer_bytes, 64),
-            ("listen_backlog", self.listen_backlog as usize, 1),
-            ("max_unauthenticated", self.max_unauthenticated, 1),
-            ("max_broker_queue_bytes", self.max_broker_queue_bytes, 64 * 1024),
-        ];
-        for (name, v, min) in at_least {
-            if v < min {
-                return Err(ConfigError::new(name, format!("must be at least {min}, got {v}")));
-            }
-        }
-        if self.history_size > 100_000 {
-            return Err(ConfigError::new("history_size", "must be at most 100000"));
-        }
-        if self.rotation_max_previous_secrets > 16 {
-            return Err(ConfigError::new("rotation_max_previous_secrets", "must be at most 16"));
-        }
-        if let Some(url) = &self.redis_url {
-            // This build has no TLS client: refuse rediss:// here rather than fail at connect.
-            if url.starts_with("rediss://") {
-                return Err(ConfigError::new(
-                    "redis_url",
-                    "rediss:// (TLS) is not supported by this build; use redis:// on a private network or a TLS-terminating proxy such as stunnel",
-                ));
-            }
-            let ok = ["redis://", "unix://", "redis+unix://"].iter().any(|p| url.starts_with(p));
-            if !ok {
-                return Err(ConfigError::new("redis_url", "must start with redis:// or unix://"));
-            }
-        }
-        if let Some(t) = &self.admin_token {
-            if t.len() < 16 {
-                return Err(ConfigError::new("admin_token", "must be at least 16 characters"));
-            }
-        }
-        if self.data_dir.as_os_str().is_empty() {
-            return Err(ConfigError::new("data_dir", "must not be empty"));
-        }
-        Ok(())
-    }
 }
 
-/// Durations as humantime strings (`"10s"`, `"250ms"`) or a number of seconds.
-pub mod duration {
-    use std::time::Duration;
-
-    use serde::{de, Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Int(u64),
-        Float(f64),
-        Text(String),
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        match Raw::deserialize(d)? {
-            Raw::Int(secs) => Ok(Duration::from_secs(secs)),
-            Raw::Float(secs) => Duration::try_from_secs_f64(secs).map_err(|_| {
-                de::Error::custom("a duration must be a non-negative number of seconds")
-            }),
-            Raw::Text(t) => humantime::parse_duration(t.trim()).map_err(|e| {
-                de::Error::custom(format!("`{t}` is not a duration like \"10s\" or \"250ms\": {e}"))
-            }),
-        }
-    }
-}
+mod duration;
+mod validate;
 
 #[cfg(test)]
 mod tests;

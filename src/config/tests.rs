@@ -39,6 +39,24 @@ fn validation_names_the_setting() {
     let c = Config { redis_url: Some("rediss://h:6380".into()), ..Config::default() };
     let e = c.validate().unwrap_err();
     assert!(e.setting == "redis_url" && e.message.contains("TLS"), "{e}");
+    // One Redis or a cluster, never both; every seed is a redis:// URL.
+    let both = Config {
+        redis_url: Some("redis://a:6379".into()),
+        redis_cluster: Some("redis://b:7000".into()),
+        ..Config::default()
+    };
+    let e = both.validate().unwrap_err();
+    assert!(e.setting == "redis_cluster" && e.message.contains("not both"), "{e}");
+    for bad in ["", " , ", "redis://a:7000,http://b:7001", "rediss://a:7000"] {
+        let c = Config { redis_cluster: Some(bad.into()), ..Config::default() };
+        assert_eq!(c.validate().unwrap_err().setting, "redis_cluster", "{bad:?}");
+    }
+    let c = Config {
+        redis_cluster: Some("redis://a:7000, redis://b:7001,".into()),
+        ..Config::default()
+    };
+    assert!(c.validate().is_ok() && c.redis_mode());
+    assert_eq!(c.cluster_seeds(), ["redis://a:7000", "redis://b:7001"]);
     assert!(Config::default().validate().is_ok());
 }
 
@@ -99,5 +117,5 @@ fn a_missing_config_file_is_an_error() {
 fn setting_names_cover_every_field() {
     let names = Config::setting_names();
     assert!(names.contains(&"redis_url".to_owned()) && names.contains(&"auth_timeout".to_owned()));
-    assert_eq!(names.len(), 47);
+    assert_eq!(names.len(), 48);
 }

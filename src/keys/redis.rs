@@ -63,7 +63,7 @@ impl RedisKeyStore {
         Self { link, cas: redis::Script::new(CAS) }
     }
 
-    async fn conn(&self) -> Result<redis::aio::ConnectionManager, StoreError> {
+    async fn conn(&self) -> Result<crate::redis_link::Conn, StoreError> {
         self.link.conn().await.map_err(unavailable)
     }
 

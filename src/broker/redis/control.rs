@@ -10,7 +10,7 @@
 //! its cache. Either way, when a confirmed publish returns, no node authenticates with what
 //! it cached before the change.
 //!
-//! May use: the parent module (its `Inner`), broker (ControlMessage, Done), ids.
+//! May use: the parent module (its `Inner`), broker (ControlMessage, Done), ids, redis_link.
 //! Never: carry events.
 
 use std::{
@@ -172,10 +172,7 @@ fn acknowledge(inner: &Inner, id: String) -> Done {
 }
 
 /// PUBLISHes an envelope on `mt:control`; returns how many subscribers received it.
-async fn send(
-    conn: &mut redis::aio::ConnectionManager,
-    env: &Envelope,
-) -> Result<usize, BrokerError> {
+async fn send(conn: &mut crate::redis_link::Conn, env: &Envelope) -> Result<usize, BrokerError> {
     let payload = serde_json::to_vec(env).map_err(unavailable)?;
     let n: i64 = redis::cmd("PUBLISH")
         .arg(CONTROL_CHANNEL)

@@ -214,7 +214,7 @@ fn backoff(failures: u32) -> Duration {
 
 /// Opens a pub/sub connection (within `COMMAND_TIMEOUT`).
 async fn open(inner: &Inner) -> Result<(PubSubSink, redis::aio::PubSubStream), BrokerError> {
-    let client = inner.link.client().clone();
+    let client = inner.link.client_for(None).map_err(unavailable)?;
     let pubsub = tokio::time::timeout(COMMAND_TIMEOUT, client.get_async_pubsub())
         .await
         .map_err(unavailable)?
