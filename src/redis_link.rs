@@ -26,7 +26,7 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 enum Target {
     Single(redis::Client),
     /// The seed nodes' addresses, and a client for the whole cluster.
-    Cluster(Vec<redis::ConnectionInfo>, ClusterClient),
+    Cluster(Vec<redis::ConnectionInfo>, Box<ClusterClient>),
 }
 
 pub struct RedisLink {
@@ -91,7 +91,7 @@ impl RedisLink {
             .response_timeout(RESPONSE_TIMEOUT)
             .retries(2)
             .build()?;
-        Ok(Self::with(Target::Cluster(infos, client)))
+        Ok(Self::with(Target::Cluster(infos, Box::new(client))))
     }
 
     fn with(target: Target) -> Self {
