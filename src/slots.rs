@@ -2,8 +2,9 @@
 //!
 //! A session holds a `Slot` (RAII) for its lifetime. In embedded mode slots are counters in
 //! this process; in Redis mode they are members of sorted sets shared by all nodes
-//! (`mt:conns:key:{id}`, `mt:conns:acct:{account}`), scored with an expiry that each node
-//! refreshes for its live sessions, so a crashed node's slots lapse on their own.
+//! (`mt:conns:{<account>}:key:<id>`, `mt:conns:{<account>}`: tagged by account, so the
+//! script that checks and takes both stays in one cluster slot), scored with an expiry that
+//! each node refreshes for its live sessions, so a crashed node's slots lapse on their own.
 //!
 //! Owns: slot accounting.  May use: ids, keys (`StoreError`), redis_link.
 //! Never: close sockets (callers do: 4029).
@@ -186,11 +187,11 @@ pub struct RedisSlots {
     mine: DashMap<ConnId, (KeyId, AccountId)>,
 }
 
-fn key_set(k: &KeyId) -> String {
-    format!("mt:conns:key:{k}")
+fn key_set(a: &AccountId, k: &KeyId) -> String {
+    format!("mt:conns:{{{a}}}:key:{k}")
 }
 fn account_set(a: &AccountId) -> String {
-    format!("mt:conns:acct:{a}")
+    format!("mt:conns:{{{a}}}")
 }
 fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
@@ -231,29 +232,39 @@ async fn refresh(weak: Weak<RedisSlots>) {
         }
         let expiry = now_ms() + SLOT_TTL.as_millis() as i64;
         let ttl = (SLOT_TTL * 2).as_millis() as i64;
-        let mut p = redis::pipe();
+        // One pipeline per account: its sets share a slot (a pipeline may not cross slots
+        // in a cluster); they go out together on the multiplexed connection.
+        let mut per_account: std::collections::HashMap<&AccountId, redis::Pipeline> =
+            std::collections::HashMap::new();
         for (conn, key, account) in &held {
             let member = me.member(*conn);
-            for set in [key_set(key), account_set(account)] {
+            let p = per_account.entry(account).or_default();
+            for set in [key_set(account, key), account_set(account)] {
                 p.cmd("ZADD").arg(&set).arg(expiry).arg(&member).ignore();
                 p.pexpire(&set, ttl).ignore();
             }
         }
-        let Ok(mut c) = me.link.conn().await else { continue };
-        if let Err(e) = p.query_async::<()>(&mut c).await {
+        let Ok(c) = me.link.conn().await else { continue };
+        let sent = per_account.values().map(|p| {
+            let mut c = c.clone();
+            async move { p.query_async::<()>(&mut c).await }
+        });
+        if let Some(Err(e)) = futures::future::join_all(sent).await.into_iter().find(Result::is_err)
+        {
             tracing::warn!(error = %e, "could not refresh connection slots");
             continue;
         }
         // Released meanwhile: take those out again.
-        let mut undo = redis::pipe();
-        let mut any = false;
         for (conn, key, account) in held.iter().filter(|(c, _, _)| !me.mine.contains_key(c)) {
             let member = me.member(*conn);
-            undo.zrem(key_set(key), &member).ignore().zrem(account_set(account), &member).ignore();
-            any = true;
-        }
-        if any {
-            let _ = undo.query_async::<()>(&mut c).await;
+            let mut c = c.clone();
+            let _ = redis::pipe()
+                .zrem(key_set(account, key), &member)
+                .ignore()
+                .zrem(account_set(account), &member)
+                .ignore()
+                .query_async::<()>(&mut c)
+                .await;
         }
     }
 }
@@ -264,7 +275,7 @@ impl SlotStore for RedisSlots {
         let now = now_ms();
         let mut c = self.link.conn().await.map_err(down)?;
         redis::pipe()
-            .zcount(key_set(key), now, "+inf")
+            .zcount(key_set(account, key), now, "+inf")
             .zcount(account_set(account), now, "+inf")
             .query_async(&mut c)
             .await
@@ -283,7 +294,7 @@ impl SlotStore for RedisSlots {
         let mut c = self.link.conn().await.map_err(down)?;
         let outcome: i64 = self
             .script
-            .key(key_set(key))
+            .key(key_set(account, key))
             .key(account_set(account))
             .arg(now)
             .arg(now + ttl)
@@ -309,7 +320,7 @@ impl SlotStore for RedisSlots {
             return;
         }
         let (link, member) = (self.link.clone(), self.member(conn));
-        let (ks, acs) = (key_set(key), account_set(account));
+        let (ks, acs) = (key_set(account, key), account_set(account));
         tokio::spawn(async move {
             if let Ok(mut c) = link.conn().await {
                 let _ = redis::pipe()

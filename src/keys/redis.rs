@@ -1,9 +1,13 @@
-//! The Redis key store, shared by every node on one Redis.
+//! The Redis key store, shared by every node on one Redis or one Redis Cluster.
 //!
-//! Layout: `mt:key:{id}` → JSON record; `mt:key:{id}:used` → last use (RFC 3339, written
-//! alone so it never races a revoke); `mt:keyhash:{sha256 hex}` → id; `mt:acct:{account}` →
-//! set of ids; `mt:keys:exist` → marks a store that has held a key (bootstrap happens once).
-//! Multi-key writes are MULTI/EXEC transactions.
+//! Layout, every name under the hash tag `{mt:keys}` so that the multi-key writes stay in one
+//! cluster slot: `{mt:keys}:key:<id>` → JSON record; `{mt:keys}:key:<id>:used` → last use
+//! (RFC 3339, written alone so it never races a revoke); `{mt:keys}:hash:<sha256 hex>` → id;
+//! `{mt:keys}:acct:<account>` → set of ids; `{mt:keys}:exist` → marks a store that has held
+//! a key (bootstrap happens once). One shard holds the key store; nodes read it through their
+//! key cache, and it is written only when keys change. Multi-key writes are MULTI/EXEC
+//! transactions or one script. A store of the untagged layout before it (`mt:key:<id>`, …) is
+//! renamed into this one by the first node that starts (`insert_first`).
 //!
 //! Owns: that layout.  May use: keys, ids, scope, token, redis_link.  Never: store a full secret.
 
@@ -20,20 +24,29 @@ use crate::{
     token::TokenHash,
 };
 
-const EXIST: &str = "mt:keys:exist";
+const EXIST: &str = "{mt:keys}:exist";
 
 fn key_of(id: &str) -> String {
-    format!("mt:key:{id}")
+    format!("{{mt:keys}}:key:{id}")
 }
 fn used_of(id: &str) -> String {
-    format!("mt:key:{id}:used")
+    format!("{{mt:keys}}:key:{id}:used")
 }
 fn hash_of(h: &TokenHash) -> String {
-    format!("mt:keyhash:{}", h.to_hex())
+    format!("{{mt:keys}}:hash:{}", h.to_hex())
 }
 fn account_of(a: &AccountId) -> String {
-    format!("mt:acct:{a}")
+    format!("{{mt:keys}}:acct:{a}")
 }
+
+/// The untagged layout of earlier versions (one Redis only): its marker, and each of its
+/// prefixes with the one that replaces it.
+const OLD_EXIST: &str = "mt:keys:exist";
+const OLD_PREFIXES: [(&str, &str); 3] = [
+    ("mt:key:", "{mt:keys}:key:"),
+    ("mt:keyhash:", "{mt:keys}:hash:"),
+    ("mt:acct:", "{mt:keys}:acct:"),
+];
 
 fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::RedisDown(e.to_string())
@@ -88,6 +101,34 @@ impl RedisKeyStore {
         raw.map(|r| Self::decode(&r, used)).transpose()
     }
 
+    /// Renames a store of the untagged layout into this one (one Redis: a cluster never
+    /// held it); `true` if there was one.
+    async fn migrate_old_layout(
+        &self,
+        c: &mut crate::redis_link::Conn,
+    ) -> Result<bool, StoreError> {
+        if self.link.is_cluster() || !c.exists::<_, bool>(OLD_EXIST).await.map_err(unavailable)? {
+            return Ok(false);
+        }
+        for (old, new) in OLD_PREFIXES {
+            let mut names = Vec::new();
+            let mut scan =
+                c.scan_match::<_, String>(format!("{old}*")).await.map_err(unavailable)?;
+            while let Some(name) = futures::StreamExt::next(&mut scan).await {
+                names.push(name.map_err(unavailable)?);
+            }
+            drop(scan);
+            for name in names {
+                let Some(rest) = name.strip_prefix(old) else { continue };
+                let renamed = format!("{new}{rest}");
+                c.rename::<_, _, ()>(&name, renamed).await.map_err(unavailable)?;
+            }
+        }
+        c.del::<_, ()>(OLD_EXIST).await.map_err(unavailable)?;
+        tracing::info!("renamed the key store into the cluster-ready layout ({{mt:keys}}:…)");
+        Ok(true)
+    }
+
     fn encode(rec: &KeyRecord) -> Result<String, StoreError> {
         serde_json::to_string(rec).map_err(|e| StoreError::Corrupt(e.to_string()))
     }
@@ -122,6 +163,9 @@ impl KeyStore for RedisKeyStore {
             .await
             .map_err(unavailable)?
             .is_some();
+        if first && self.migrate_old_layout(&mut c).await? {
+            return Ok(false); // an earlier version's store, renamed: it has keys
+        }
         if first {
             self.write(rec).await?;
         }

@@ -340,7 +340,7 @@ async fn connection_caps_hold_across_nodes() {
         assert_eq!(r.status, 429);
     }
     let members: i64 = redis::cmd("ZCARD")
-        .arg(format!("mt:conns:key:{}", a.state.hub.session_keys()[0].0))
+        .arg(format!("mt:conns:{{acct_caps}}:key:{}", a.state.hub.session_keys()[0].0))
         .query_async(&mut redis.conn().await)
         .await
         .unwrap();
@@ -367,7 +367,7 @@ async fn a_crashed_nodes_lapsed_slots_do_not_count() {
     let (k, id) = s.key("acct_crash", Environment::Live, &[Scope::TasksRead]).await;
     // Two slots left by a node that died: their refresh stopped, so their expiry passed.
     let lapsed = time::OffsetDateTime::now_utc().unix_timestamp() * 1000 - 1000;
-    let set = format!("mt:conns:key:{id}");
+    let set = format!("mt:conns:{{acct_crash}}:key:{id}");
     let _: i64 = redis::cmd("ZADD")
         .arg(&set)
         .arg(lapsed)
@@ -387,5 +387,37 @@ async fn a_crashed_nodes_lapsed_slots_do_not_count() {
         .unwrap();
     assert_eq!(members.len(), 1, "lapsed slots were dropped: {members:?}");
     assert!(!members[0].starts_with("dead:"));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_key_store_of_the_untagged_layout_is_renamed_and_its_keys_keep_working() {
+    let redis = RedisServer::start().await;
+    let s = TestServer::on_redis(&redis, |_| {}).await;
+    assert!(!s.bootstrap.is_empty());
+    let (token, _) = s.key("acct_m", Environment::Live, &[Scope::TasksRead]).await;
+    s.shutdown().await;
+    // Put the store back into the layout of earlier versions, as they left it.
+    let mut c = redis.conn().await;
+    let names: Vec<String> =
+        redis::cmd("KEYS").arg("{mt:keys}:*").query_async(&mut c).await.unwrap();
+    assert!(names.len() >= 4, "{names:?}");
+    for name in names {
+        let rest = name.strip_prefix("{mt:keys}:").unwrap();
+        let old = match rest.split_once(':') {
+            Some(("hash", h)) => format!("mt:keyhash:{h}"),
+            Some((kind, more)) => format!("mt:{kind}:{more}"),
+            None => format!("mt:keys:{rest}"),
+        };
+        let _: () = redis::cmd("RENAME").arg(&name).arg(&old).query_async(&mut c).await.unwrap();
+    }
+    // A node of this version starts on it: no second bootstrap key, the old keys authenticate.
+    let s = TestServer::on_redis(&redis, |_| {}).await;
+    assert_eq!(s.bootstrap, "", "the store had keys: no bootstrap key");
+    let (mut ws, _) = WsClient::authed(&s.ws_url(&token), &token).await;
+    ws.send(json!({"type": "ping"})).await;
+    assert_eq!(ws.recv().await["type"], "pong");
+    let left: Vec<String> = redis::cmd("KEYS").arg("mt:*").query_async(&mut c).await.unwrap();
+    assert!(left.iter().all(|k| !k.starts_with("mt:key")), "not renamed: {left:?}");
     s.shutdown().await;
 }
