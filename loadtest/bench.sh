@@ -4,7 +4,8 @@
 #   loadtest/bench.sh idle --clients 19000
 #   BENCH_REDIS_URL=redis://127.0.0.1:6390/ loadtest/bench.sh fanout --clients 10000 --mode burst
 # BENCH_SERVER and BENCH_CONFIG pick another binary and config (e.g. an older build).
-# LOADTEST_HISTORY=1 (Redis mode) publishes through the history function instead of PUBLISH.
+# LOADTEST_HISTORY=1 (Redis mode) publishes through the history function instead of PUBLISH
+# (resume always does: its missed events need offsets).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scenario=$1; shift
@@ -36,6 +37,6 @@ pub=()
 [ -n "${BENCH_REDIS_URL:-}" ] && [ "$scenario" != idle ] && [ "$scenario" != storm ] && [ "$scenario" != churn ] \
   && [ -z "${BENCH_PUBLISH_ADMIN:-}" ] && pub+=(--redis-url "$BENCH_REDIS_URL")
 case "$scenario" in
-  fanout|slow) pub+=(--data-dir "$dir") ;;
+  fanout|slow|resume) pub+=(--data-dir "$dir") ;;
 esac
 LOADTEST_TOKEN=$token ./target/release/loadtest "$scenario" --pid "$pid" "${pub[@]}" "$@"

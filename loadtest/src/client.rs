@@ -62,7 +62,24 @@ pub async fn connect_authed_with(
     src: IpAddr,
     rcvbuf: Option<u32>,
 ) -> Result<Conn, AuthError> {
-    let handshake = handshake(dial.addr, src, &dial.token, rcvbuf);
+    let handshake = handshake(dial.addr, src, &dial.token, rcvbuf, None);
+    bounded(dial, handshake).await.map(|(conn, _)| conn)
+}
+
+/// Like `connect_authed`, with `extra` (e.g. `"resume":{…}`) added to the auth message's
+/// fields; also returns the payload of `auth.success` (its `positions`, SPEC §7).
+pub async fn connect_authed_reply(
+    dial: &Dial,
+    src: IpAddr,
+    extra: Option<&str>,
+) -> Result<(Conn, Vec<u8>), AuthError> {
+    bounded(dial, handshake(dial.addr, src, &dial.token, None, extra)).await
+}
+
+async fn bounded<T>(
+    dial: &Dial,
+    handshake: impl std::future::Future<Output = Result<T, AuthError>>,
+) -> Result<T, AuthError> {
     tokio::time::timeout(dial.timeout, handshake).await.unwrap_or_else(|_| {
         Err(AuthError::Io(io::Error::new(
             io::ErrorKind::TimedOut,
@@ -76,7 +93,8 @@ async fn handshake(
     src: IpAddr,
     token: &str,
     rcvbuf: Option<u32>,
-) -> Result<Conn, AuthError> {
+    extra: Option<&str>,
+) -> Result<(Conn, Vec<u8>), AuthError> {
     let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     sock.set_reuseaddr(true)?;
     if let Some(size) = rcvbuf {
@@ -105,11 +123,15 @@ async fn handshake(
         return Err(AuthError::Refused(status));
     }
     conn.start = head_end;
-    conn.send_text(&format!("{{\"type\":\"auth\",\"token\":\"{token}\"}}")).await?;
+    let extra = extra.map_or(String::new(), |e| format!(",{e}"));
+    conn.send_text(&format!("{{\"type\":\"auth\",\"token\":\"{token}\"{extra}}}")).await?;
     loop {
         let (op, payload) = conn.next().await?;
         match op {
-            OP_TEXT if memchr::memmem::find(payload, b"auth.success").is_some() => return Ok(conn),
+            OP_TEXT if memchr::memmem::find(payload, b"auth.success").is_some() => {
+                let reply = payload.to_vec();
+                return Ok((conn, reply));
+            }
             OP_CLOSE => return Err(AuthError::Closed(close_code(payload))),
             _ => {}
         }

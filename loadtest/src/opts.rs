@@ -30,6 +30,11 @@ pub enum Scenario {
     /// PATCH a key on one node; time until its last stream on another node lost the removed
     /// topic (--addr: the streams' node; --token: a key with teams.write and the read scopes).
     KeyUpdate(KeyUpdate),
+    /// Resume storm (SPEC §7): N clients record their positions and disconnect, M events
+    /// are published, then all N reconnect at once with `resume` while observers stay
+    /// connected and a publisher keeps publishing live; report the time until every client
+    /// got its missed events in order and is live, and the observers' latency meanwhile.
+    Resume(Resume),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -206,4 +211,35 @@ pub struct KeyUpdate {
     /// Updates to time (a new key each).
     #[arg(long, default_value_t = 20)]
     pub runs: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct Resume {
+    #[command(flatten)]
+    pub target: Target,
+    /// Publishes the missed and the live events; with history on (SPEC §7): the admin
+    /// endpoint, or with --redis-url also --history (`FCALL mt_publish`).
+    #[command(flatten)]
+    pub publisher: Publisher,
+    /// Clients that disconnect and reconnect with `resume`.
+    #[arg(long, default_value_t = 10_000)]
+    pub clients: usize,
+    /// Events published while they are gone (at most the server's `history_size`).
+    #[arg(long, default_value_t = 100)]
+    pub missed: u64,
+    /// Clients that stay connected throughout and measure live latency.
+    #[arg(long, default_value_t = 100)]
+    pub observers: usize,
+    /// Live events per second during the storm (at least 1).
+    #[arg(long, default_value_t = 50)]
+    pub rate: u64,
+    /// Seconds the live events go on after every client is live (observer latency "after").
+    #[arg(long, default_value_t = 2)]
+    pub settle_secs: u64,
+    /// Event size in bytes (the client frame, padded with a `pad` field).
+    #[arg(long, default_value_t = 200)]
+    pub size: usize,
+    /// Give up on clients that are not live this many seconds after the reconnect began.
+    #[arg(long, default_value_t = 120)]
+    pub timeout_secs: u64,
 }

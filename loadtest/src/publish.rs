@@ -64,28 +64,31 @@ impl Publisher {
         })
     }
 
-    /// Publishes event `seq`, stamped with the send time, padded to about `size` bytes.
-    pub async fn publish(&mut self, seq: u64, pad: &str) -> anyhow::Result<()> {
+    /// Publishes event `seq`, stamped with the send time, padded with `pad`. Returns the
+    /// event's offset when the path answers with one (history on, SPEC §7).
+    pub async fn publish(&mut self, seq: u64, pad: &str) -> anyhow::Result<Option<u64>> {
         let data = format!("{{\"t\":{},\"seq\":{seq},\"pad\":\"{pad}\"}}", now_ns());
         match self {
             Publisher::Redis { conn, name, history } => {
                 let msg = format!("{{\"event\":\"bench.tick\",\"data\":{data}}}");
                 match history {
                     Some(keys) => {
-                        let _: redis::Value = redis::cmd("FCALL")
+                        // `[offset, epoch]` (docs/PRODUCERS.md).
+                        let (offset, _epoch): (u64, String) = redis::cmd("FCALL")
                             .arg("mt_publish")
                             .arg(2)
                             .arg(&keys[..])
                             .arg(msg)
                             .query_async(conn)
                             .await?;
+                        Ok(Some(offset))
                     }
                     None => {
                         let _: i64 =
                             redis::cmd("PUBLISH").arg(&*name).arg(msg).query_async(conn).await?;
+                        Ok(None)
                     }
                 }
-                Ok(())
             }
             Publisher::Admin { conn, token, host, account, env, channel } => {
                 let body = format!(
@@ -97,14 +100,15 @@ impl Publisher {
                     body.len()
                 );
                 conn.get_mut().write_all(req.as_bytes()).await?;
-                read_response(conn).await
+                let body = read_response(conn).await?;
+                Ok(crate::client::field(&body, b"\"offset\":"))
             }
         }
     }
 }
 
 /// Reads one HTTP response (status line, headers, Content-Length body); errors unless 2xx.
-async fn read_response(conn: &mut BufReader<TcpStream>) -> anyhow::Result<()> {
+async fn read_response(conn: &mut BufReader<TcpStream>) -> anyhow::Result<Vec<u8>> {
     let mut line = String::new();
     conn.read_line(&mut line).await?;
     let status: u16 = line
@@ -128,5 +132,5 @@ async fn read_response(conn: &mut BufReader<TcpStream>) -> anyhow::Result<()> {
     if !(200..300).contains(&status) {
         return Err(anyhow!("publish failed ({status}): {}", String::from_utf8_lossy(&body)));
     }
-    Ok(())
+    Ok(body)
 }

@@ -65,7 +65,7 @@ async fn run(s: &Server, token: &str, args: &[&str]) -> std::process::Output {
     let (scenario, rest) = args.split_first().expect("a scenario");
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadtest"));
     cmd.arg(scenario).args(["--addr", &s.addr, "--pid", &pid]).args(rest);
-    if matches!(*scenario, "fanout" | "slow") {
+    if matches!(*scenario, "fanout" | "slow" | "resume") {
         cmd.args(["--admin", &s.admin]);
     }
     cmd.env("LOADTEST_TOKEN", token)
@@ -161,6 +161,46 @@ async fn storm_counts_handshakes_and_refusals() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_recovers_every_missed_event_in_order_then_goes_live() {
+    let s = server(|_| {}).await;
+    let r = loadtest(
+        &s,
+        &["resume", "--clients", "50", "--missed", "20", "--observers", "5", "--settle-secs", "1"],
+    )
+    .await;
+    assert_eq!(r["scenario"], "resume");
+    let res = &r["results"];
+    for count in [
+        "not_recovered",
+        "clients_with_holes",
+        "clients_with_duplicates",
+        "clients_with_gaps",
+        "clients_missing_missed",
+        "timed_out",
+        "closed_after_auth",
+        "failed.refused",
+        "failed.closed",
+        "failed.io",
+        "failed.bad_reply",
+        "observers.holes",
+        "observers.duplicates",
+        "observers.incomplete",
+    ] {
+        assert_eq!(u(&r, &format!("results.{count}")), 0, "{count}: {r}");
+    }
+    assert_eq!(u(&r, "results.resumed_ok"), 50, "{r}");
+    assert_eq!(u(&r, "results.live"), 50, "{r}");
+    assert!(u(&r, "results.missed_per_client.min") >= 20, "{r}");
+    assert_eq!(res["missed_offsets"], serde_json::json!([1, 20]), "{r}");
+    assert!(res["all_live_secs"].as_f64().is_some(), "{r}");
+    // Every resumer's channels were recovered (the bootstrap key reads every topic).
+    assert!(u(&r, "results.server.resumes_recovered_total") >= 50, "{r}");
+    assert_eq!(u(&r, "results.server.resumes_unrecovered_total"), 0, "{r}");
+    assert!(u(&r, "results.observers.latency_storm.samples") > 0, "{r}");
+    assert!(u(&r, "results.observers.latency_after.samples") > 0, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_completes_every_cycle() {
     let s = server(|_| {}).await;
     let r = loadtest(&s, &["churn", "--cycles", "2000", "--warmup", "500", "--concurrency", "50"])
@@ -202,7 +242,7 @@ async fn a_server_that_never_answers_cannot_hang_a_run() {
 
 #[tokio::test]
 async fn help_explains_every_scenario() {
-    for scenario in ["idle", "fanout", "storm", "slow", "churn"] {
+    for scenario in ["idle", "fanout", "storm", "slow", "churn", "resume"] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
             .args([scenario, "--help"])
             .output()

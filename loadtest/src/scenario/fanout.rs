@@ -22,7 +22,7 @@ use crate::{
     client::{close_code, connect_authed_with, field, Conn, OP_CLOSE, OP_PING, OP_TEXT},
     opts::{Fanout, Mode},
     proc_stat,
-    publish::{now_ns, Publisher},
+    publish::now_ns,
     report::{latency, Report},
 };
 
@@ -104,33 +104,13 @@ async fn drain_until_close(mut c: Conn) -> Stalled {
     tokio::time::timeout(Duration::from_secs(30), work).await.unwrap_or(Stalled::Open)
 }
 
-/// A counter from the server's admin `/metrics` (None when unreachable).
-async fn server_metric(admin: std::net::SocketAddr, name: &str) -> Option<f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
-    s.write_all(
-        format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.ok()?;
-    text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok())
-}
-
-async fn connect_publisher(o: &crate::opts::Publisher) -> anyhow::Result<Publisher> {
-    tokio::time::timeout(Duration::from_secs(10), Publisher::connect(o))
-        .await
-        .map_err(|_| anyhow!("publisher: no connection within 10 s"))?
-}
-
 pub async fn run(o: Fanout, slow: usize, slow_rcvbuf: u32) -> anyhow::Result<Report> {
     if slow >= o.clients {
         return Err(anyhow!("--slow must be smaller than --clients"));
     }
     let pid = super::server_pid(&o.target)?;
     let mut publisher =
-        if o.listen_only { None } else { Some(connect_publisher(&o.publisher).await?) };
+        if o.listen_only { None } else { Some(super::connect_publisher(&o.publisher).await?) };
     let mut stalled = Vec::with_capacity(slow);
     let dial = o.target.dial();
     for i in 0..slow {
@@ -172,7 +152,9 @@ pub async fn run(o: Fanout, slow: usize, slow_rcvbuf: u32) -> anyhow::Result<Rep
         }
         // Bounded too: a server that stops answering ends the run as timed out.
         match tokio::time::timeout_at(deadline.into(), publisher.publish(seq, &pad)).await {
-            Ok(published) => published?,
+            Ok(published) => {
+                published?;
+            }
             Err(_) => {
                 timed_out = true;
                 break;
@@ -213,7 +195,7 @@ pub async fn run(o: Fanout, slow: usize, slow_rcvbuf: u32) -> anyhow::Result<Rep
         }
     }
     let server_slow_closes =
-        server_metric(o.publisher.admin, "miteos_slow_consumer_closes_total ").await;
+        super::server_metric(o.publisher.admin, "miteos_slow_consumer_closes_total ").await;
     let rate = received as f64 / elapsed.as_secs_f64();
     let cpu_per_million = cpu.map(|c| c.as_secs_f64() / (received as f64 / 1e6));
     let lat = latency(&latencies);
