@@ -81,7 +81,7 @@ fn fcall_on(keys: &[String; 2], payload: String) -> redis::Cmd {
 async fn redis_cost_of_history() {
     let redis = RedisServer::start().await;
     let mut conn = redis.conn().await;
-    let src = library(1000, Duration::from_secs(600), 64 * 1024);
+    let src = library(1000, Duration::from_secs(600), 64 * 1024, false);
     let _: String = redis::cmd("FUNCTION")
         .arg("LOAD")
         .arg("REPLACE")

@@ -27,7 +27,7 @@ type Entry = (String, Vec<(String, Vec<u8>)>);
 async fn loaded() -> (RedisServer, redis::aio::MultiplexedConnection) {
     let redis = RedisServer::start().await;
     let mut conn = redis.conn().await;
-    let src = library(1000, Duration::from_secs(600), MAX);
+    let src = library(1000, Duration::from_secs(600), MAX, false);
     let name: String = redis::cmd("FUNCTION")
         .arg("LOAD")
         .arg("REPLACE")

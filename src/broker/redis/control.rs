@@ -10,7 +10,12 @@
 //! its cache. Either way, when a confirmed publish returns, no node authenticates with what
 //! it cached before the change.
 //!
-//! May use: the parent module (its `Inner`), broker (ControlMessage, Done), ids, redis_link.
+//! In a Redis Cluster it is plain pub/sub on the master that owns the slot of `mt:control`
+//! (rare messages, so no hot spot; a cluster forwards them to every shard anyway), and
+//! PUBLISH is routed to that master, so its receiver count still counts every node.
+//!
+//! May use: the parent module (its `Inner`, topology), broker (ControlMessage, Done), ids,
+//! redis_link.
 //! Never: carry events.
 
 use std::{
@@ -29,7 +34,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use super::{
-    backoff, open, unavailable, BrokerError, Delivery, Inner, COMMAND_TIMEOUT, CONTROL_CHANNEL,
+    backoff, open,
+    topology::{slot_of, SlotMap},
+    unavailable, BrokerError, Delivery, Inner, COMMAND_TIMEOUT, CONTROL_CHANNEL,
 };
 use crate::{
     broker::{ControlMessage, Done},
@@ -118,7 +125,21 @@ pub(super) async fn supervise(weak: Weak<Inner>) {
 async fn connect_control(
     inner: &Inner,
 ) -> Result<(PubSubSink, redis::aio::PubSubStream), BrokerError> {
-    let (mut sink, stream) = open(inner).await?;
+    // In a cluster, on the master owning the control channel's slot: the one its PUBLISHes
+    // are routed to, so their receiver count is every node (acknowledgements, above).
+    let owner = match inner.link.is_cluster() {
+        true => {
+            let mut conn = inner.link.conn().await.map_err(unavailable)?;
+            let map = tokio::time::timeout(COMMAND_TIMEOUT, SlotMap::read(&mut conn))
+                .await
+                .map_err(unavailable)?
+                .map_err(unavailable)?;
+            let owner = map.owner(slot_of(CONTROL_CHANNEL)).map(str::to_owned);
+            Some(owner.ok_or_else(|| unavailable("no master serves the control channel"))?)
+        }
+        false => None,
+    };
+    let (mut sink, stream) = open(inner, owner.as_deref()).await?;
     tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(CONTROL_CHANNEL))
         .await
         .map_err(unavailable)?

@@ -37,7 +37,9 @@ pub fn history_keys(channel: &ChannelKey) -> [String; 2] {
 }
 
 /// The library source with the given settings on its settings line.
-pub fn library(size: usize, ttl: Duration, max_event_bytes: usize) -> String {
+/// The library's source with these settings; `sharded` (a Redis Cluster) publishes with
+/// SPUBLISH, to the shard channel the nodes SSUBSCRIBE, else with PUBLISH.
+pub fn library(size: usize, ttl: Duration, max_event_bytes: usize, sharded: bool) -> String {
     let ttl_ms = ttl.as_millis().max(1);
     LIBRARY
         .lines()
@@ -45,7 +47,7 @@ pub fn library(size: usize, ttl: Duration, max_event_bytes: usize) -> String {
             if line.ends_with("-- @settings") {
                 format!(
                     "local SETTINGS = {{ size = {size}, ttl_ms = {ttl_ms}, max_bytes = \
-                     {max_event_bytes} }} -- @settings"
+                     {max_event_bytes}, sharded = {sharded} }} -- @settings"
                 )
             } else {
                 line.to_owned()
@@ -64,12 +66,17 @@ pub(super) struct History {
 
 impl History {
     /// `None` when `size` is 0 (history off).
-    pub(super) fn new(size: usize, ttl: Duration, max_event_bytes: usize) -> Option<Self> {
+    pub(super) fn new(
+        size: usize,
+        ttl: Duration,
+        max_event_bytes: usize,
+        sharded: bool,
+    ) -> Option<Self> {
         (size > 0).then(|| Self {
             size,
             settings: (size as u64, ttl.as_millis().max(1) as u64, max_event_bytes as u64),
             max_event_bytes,
-            source: library(size, ttl, max_event_bytes),
+            source: library(size, ttl, max_event_bytes, sharded),
         })
     }
 
@@ -193,8 +200,12 @@ mod tests {
 
     #[test]
     fn the_settings_line_is_rewritten_and_nothing_else() {
-        let src = library(7, Duration::from_secs(2), 100);
-        assert!(src.contains("local SETTINGS = { size = 7, ttl_ms = 2000, max_bytes = 100 }"));
+        let src = library(7, Duration::from_secs(2), 100, false);
+        assert!(src.contains(
+            "local SETTINGS = { size = 7, ttl_ms = 2000, max_bytes = 100, sharded = false }"
+        ));
+        let sharded = library(7, Duration::from_secs(2), 100, true);
+        assert!(sharded.contains("max_bytes = 100, sharded = true }"));
         assert_eq!(src.lines().count(), LIBRARY.lines().count());
         assert_eq!(src.matches("-- @settings").count(), 1);
         assert!(src.starts_with("#!lua name=miteos\n"));

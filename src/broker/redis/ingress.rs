@@ -15,7 +15,7 @@ use super::{codec, ChannelKey, Delivery, Inner, Queued, COMMAND_TIMEOUT, HEALTH_
 
 impl Inner {
     /// Queues one event message for the delivery task; `false` when the queue is full.
-    fn enqueue(&self, msg: redis::Msg) -> bool {
+    pub(super) fn enqueue(&self, msg: redis::Msg) -> bool {
         let size = queued_size(&msg);
         if self.queued_bytes.fetch_add(size, Ordering::AcqRel) + size > self.max_queued_bytes {
             self.queued_bytes.fetch_sub(size, Ordering::AcqRel);

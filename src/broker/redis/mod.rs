@@ -38,6 +38,9 @@ use redis::aio::PubSubSink;
 mod control;
 mod history;
 mod ingress;
+mod shard;
+mod sharded;
+mod topology;
 
 pub use control::CONFIRM_WITHIN;
 
@@ -81,6 +84,8 @@ struct Inner {
     max_event_bytes: usize,
     /// `None` with history off.
     history: Option<History>,
+    /// On a Redis Cluster: the sharded subscriptions (else one event connection, `sink`).
+    shards: Option<sharded::Shards>,
     install_library: bool,
     desired: Mutex<HashSet<String>>,
     /// The live event connection's subscribe handle; `None` while disconnected.
@@ -117,12 +122,21 @@ impl RedisBroker {
         let Settings { max_event_bytes, max_queued_bytes, history_size, history_ttl, .. } =
             settings;
         let (queue, queued) = tokio::sync::mpsc::unbounded_channel();
+        let cluster = link.is_cluster();
+        let (shards, link_events) = match cluster {
+            true => {
+                let (shards, events) = sharded::Shards::new();
+                (Some(shards), Some(events))
+            }
+            false => (None, None),
+        };
         let inner = Arc::new(Inner {
             link,
             handler,
             node: random_base62(12),
             max_event_bytes,
-            history: History::new(history_size, history_ttl, max_event_bytes),
+            history: History::new(history_size, history_ttl, max_event_bytes, cluster),
+            shards,
             install_library: settings.install_library,
             desired: Mutex::new(HashSet::new()),
             sink: Mutex::new(None),
@@ -134,7 +148,10 @@ impl RedisBroker {
             queued_bytes: AtomicUsize::new(0),
             max_queued_bytes,
         });
-        tokio::spawn(supervise(Arc::downgrade(&inner)));
+        match link_events {
+            Some(events) => tokio::spawn(sharded::supervise(Arc::downgrade(&inner), events)),
+            None => tokio::spawn(supervise(Arc::downgrade(&inner))),
+        };
         tokio::spawn(control::supervise(Arc::downgrade(&inner)));
         tokio::spawn(ingress::drain(Arc::downgrade(&inner), queued));
         Self { inner }
@@ -212,9 +229,13 @@ fn backoff(failures: u32) -> Duration {
     half + half.mul_f64(rand::rng().random::<f64>())
 }
 
-/// Opens a pub/sub connection (within `COMMAND_TIMEOUT`).
-async fn open(inner: &Inner) -> Result<(PubSubSink, redis::aio::PubSubStream), BrokerError> {
-    let client = inner.link.client_for(None).map_err(unavailable)?;
+/// Opens a pub/sub connection (within `COMMAND_TIMEOUT`): to the one Redis, or in a cluster
+/// to the master at `addr`.
+async fn open(
+    inner: &Inner,
+    addr: Option<&str>,
+) -> Result<(PubSubSink, redis::aio::PubSubStream), BrokerError> {
+    let client = inner.link.client_for(addr).map_err(unavailable)?;
     let pubsub = tokio::time::timeout(COMMAND_TIMEOUT, client.get_async_pubsub())
         .await
         .map_err(unavailable)?
@@ -223,7 +244,7 @@ async fn open(inner: &Inner) -> Result<(PubSubSink, redis::aio::PubSubStream), B
 }
 
 async fn connect(inner: &Inner) -> Result<redis::aio::PubSubStream, BrokerError> {
-    let (mut sink, stream) = open(inner).await?;
+    let (mut sink, stream) = open(inner, None).await?;
     // Install the sink first, then snapshot: a concurrent `subscribe` either sees the sink
     // (and subscribes itself) or lands in the snapshot.
     *inner.sink.lock() = Some(sink.clone());
@@ -236,12 +257,18 @@ async fn connect(inner: &Inner) -> Result<redis::aio::PubSubStream, BrokerError>
     }
     // Before the node reports the gap of a reconnect: repairing it reads history. A Redis
     // restarted empty has no functions.
+    load_library(inner).await?;
+    Ok(stream)
+}
+
+/// Installs the function library (a node, with history on).
+async fn load_library(inner: &Inner) -> Result<(), BrokerError> {
     if let Some(history) = inner.history.as_ref().filter(|_| inner.install_library) {
         tokio::time::timeout(COMMAND_TIMEOUT, history.load(&inner.link))
             .await
             .map_err(unavailable)??;
     }
-    Ok(stream)
+    Ok(())
 }
 
 #[async_trait::async_trait]
@@ -249,6 +276,11 @@ impl Broker for RedisBroker {
     async fn subscribe(&self, channel: &ChannelKey) -> Result<(), BrokerError> {
         let name = channel.name();
         self.inner.desired.lock().insert(name.clone());
+        if let Some(shards) = &self.inner.shards {
+            return shards.subscribe(&self.inner, &name).await.inspect_err(|_| {
+                self.inner.desired.lock().remove(&name);
+            });
+        }
         // Disconnected: the supervisor subscribes the desired set when it reconnects.
         let Some(mut sink) = self.inner.sink.lock().clone() else { return Ok(()) };
         match tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(&name)).await {
@@ -264,6 +296,9 @@ impl Broker for RedisBroker {
     async fn unsubscribe(&self, channel: &ChannelKey) -> Result<(), BrokerError> {
         let name = channel.name();
         self.inner.desired.lock().remove(&name);
+        if let Some(shards) = &self.inner.shards {
+            return shards.unsubscribe(&name).await;
+        }
         let Some(mut sink) = self.inner.sink.lock().clone() else { return Ok(()) };
         tokio::time::timeout(COMMAND_TIMEOUT, sink.unsubscribe(&name))
             .await
@@ -279,7 +314,8 @@ impl Broker for RedisBroker {
         let inner = &self.inner;
         let Some(history) = &inner.history else {
             let mut conn = inner.link.conn().await.map_err(unavailable)?;
-            return redis::cmd("PUBLISH")
+            let command = if inner.shards.is_some() { "SPUBLISH" } else { "PUBLISH" };
+            return redis::cmd(command)
                 .arg(channel.name())
                 .arg(event_json.as_ref())
                 .query_async::<i64>(&mut conn)

@@ -16,7 +16,7 @@
 -- `history_ttl` after the channel's last publish: the next publish starts a new epoch.
 
 -- The node's settings; the line is rewritten at load time (keep the marker at its end).
-local SETTINGS = { size = 1000, ttl_ms = 600000, max_bytes = 65536 } -- @settings
+local SETTINGS = { size = 1000, ttl_ms = 600000, max_bytes = 65536, sharded = false } -- @settings
 
 local B36 = '0123456789abcdefghijklmnopqrstuvwxyz'
 
@@ -239,7 +239,8 @@ local function publish(keys, args)
   redis.call('XADD', h, 'MAXLEN', SETTINGS.size, int(offset) .. '-0', 'p', msg, 't', int(ms))
   redis.call('PEXPIRE', h, SETTINGS.ttl_ms)
   redis.call('PEXPIRE', m, SETTINGS.ttl_ms)
-  redis.call('PUBLISH', c, msg)
+  -- On a Redis Cluster nodes SSUBSCRIBE: the shard channel, on the shard of the keys.
+  redis.call(SETTINGS.sharded and 'SPUBLISH' or 'PUBLISH', c, msg)
   return { offset, epoch }
 end
 
