@@ -3,6 +3,8 @@
 
 /// Read by `support::server`: nodes run embedded (see `tests/it_redis` for Redis mode).
 pub const REDIS_MODE: bool = false;
+/// Read by `support::server`: not on a Redis Cluster (see `tests/it_cluster`).
+pub const CLUSTER_MODE: bool = false;
 
 mod support;
 

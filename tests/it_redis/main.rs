@@ -3,6 +3,8 @@
 
 /// Read by `support::server`: start each node on a private Redis.
 pub const REDIS_MODE: bool = true;
+/// Read by `support::server`: one Redis, not a cluster (see `tests/it_cluster`).
+pub const CLUSTER_MODE: bool = false;
 
 #[path = "../it/support/mod.rs"]
 mod support;

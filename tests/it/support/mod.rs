@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod bin;
+pub mod cluster;
 pub mod http;
 pub mod proxy;
 pub mod raw;
@@ -13,6 +14,7 @@ pub mod redis;
 pub mod server;
 pub mod ws;
 
+pub use cluster::RedisCluster;
 pub use redis::RedisServer;
 pub use server::TestServer;
 pub use ws::WsClient;

@@ -28,6 +28,8 @@ pub struct TestServer {
     _dir: TempDir,
     /// The private Redis of a node started by `with` in Redis mode (dropped last).
     _redis: Option<super::RedisServer>,
+    /// The private Redis Cluster of a node started by `with` in cluster mode.
+    _cluster: Option<super::RedisCluster>,
 }
 
 impl TestServer {
@@ -47,22 +49,38 @@ impl TestServer {
             close_timeout: std::time::Duration::from_secs(1),
             ..Config::default()
         };
-        let redis = if crate::REDIS_MODE && cfg.redis_url.is_none() {
+        let redis = if crate::REDIS_MODE && !crate::CLUSTER_MODE && cfg.redis_url.is_none() {
             let r = super::RedisServer::start().await;
             cfg.redis_url = Some(r.url());
             Some(r)
         } else {
             None
         };
+        // Cluster mode: three masters, no replicas (tests of failover start their own).
+        let cluster = if crate::CLUSTER_MODE {
+            let c = super::RedisCluster::start_with(3, 0).await;
+            cfg.redis_cluster = Some(c.seeds());
+            Some(c)
+        } else {
+            None
+        };
         f(&mut cfg);
-        let redis_mode = cfg.redis_url.is_some();
+        let redis_mode = cfg.redis_mode();
         let node = Node::build(cfg).await.expect("node builds");
         let bootstrap =
             node.bootstrap.as_ref().map(|b| b.token.expose().to_owned()).unwrap_or_default();
         let (addr, admin_addr, state) = (node.public_addr, node.admin_addr, node.state().clone());
         let task = tokio::spawn(node.run(std::future::pending()));
-        let s =
-            Self { addr, admin_addr, bootstrap, state, task: Some(task), _dir: dir, _redis: redis };
+        let s = Self {
+            addr,
+            admin_addr,
+            bootstrap,
+            state,
+            task: Some(task),
+            _dir: dir,
+            _redis: redis,
+            _cluster: cluster,
+        };
         if redis_mode {
             s.wait_ready(200).await;
         }
@@ -74,6 +92,17 @@ impl TestServer {
         let url = redis.url();
         Self::with(|c| {
             c.redis_url = Some(url);
+            f(c)
+        })
+        .await
+    }
+
+    /// A node on the Redis Cluster `cluster`, ready.
+    pub async fn on_cluster(cluster: &super::RedisCluster, f: impl FnOnce(&mut Config)) -> Self {
+        let seeds = cluster.seeds();
+        Self::with(|c| {
+            c.redis_url = None;
+            c.redis_cluster = Some(seeds);
             f(c)
         })
         .await

@@ -1,0 +1,338 @@
+//! `RedisCluster`: a private Redis Cluster of `redis-server --cluster-enabled yes` processes
+//! on free ports (each with its bus port, +10000, free too), made with `redis-cli --cluster
+//! create` and awaited until every node says `cluster_state:ok` and agrees on the slot map.
+//! A test can SIGKILL a master, wait for its replica's promotion, and migrate a slot.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use redis::Value;
+use tempfile::TempDir;
+
+pub struct RedisCluster {
+    /// Ports of every node, and the process of each one still running.
+    nodes: Vec<(u16, Option<Child>)>,
+    dir: TempDir,
+    /// The process `spawn_new` just started.
+    spawned: Option<Child>,
+}
+
+/// A port whose cluster bus port (+10000) is free too.
+fn free_pair() -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn url(port: u16) -> String {
+    format!("redis://127.0.0.1:{port}/")
+}
+
+pub async fn node_conn(port: u16) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url(port)).unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
+async fn info(port: u16, section: &str) -> String {
+    let Ok(client) = redis::Client::open(url(port)) else { return String::new() };
+    let Ok(mut c) = client.get_multiplexed_async_connection().await else { return String::new() };
+    let cmd = if section == "cluster" { redis::cmd("CLUSTER") } else { redis::cmd("INFO") };
+    let mut cmd = cmd;
+    cmd.arg(if section == "cluster" { "INFO" } else { section });
+    cmd.query_async::<String>(&mut c).await.unwrap_or_default()
+}
+
+impl RedisCluster {
+    /// Three masters, each with one replica.
+    pub async fn start() -> Self {
+        Self::start_with(3, 1).await
+    }
+
+    /// `masters` masters with `replicas` replicas each.
+    pub async fn start_with(masters: usize, replicas: usize) -> Self {
+        let mut me =
+            Self { nodes: Vec::new(), dir: tempfile::tempdir().unwrap(), spawned: None };
+        for _ in 0..masters * (1 + replicas) {
+            let port = me.spawn_new().await;
+            let child = me.spawned.take();
+            me.nodes.push((port, child));
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for (port, _) in &me.nodes {
+            create.arg(format!("127.0.0.1:{port}"));
+        }
+        let out = create
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli on PATH");
+        assert!(out.status.success(), "cluster create: {}", String::from_utf8_lossy(&out.stdout));
+        me.await_ok(me.ports()).await;
+        me
+    }
+
+    /// The ports of the nodes still running.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().filter(|(_, c)| c.is_some()).map(|(p, _)| *p).collect()
+    }
+
+    /// Seed URLs of all nodes, comma-separated (`--redis-cluster`).
+    pub fn seeds(&self) -> String {
+        self.nodes.iter().map(|(p, _)| url(*p)).collect::<Vec<_>>().join(",")
+    }
+
+    /// A command connection to the whole cluster.
+    pub async fn conn(&self) -> redis::cluster_async::ClusterConnection {
+        let seeds: Vec<String> = self.ports().into_iter().map(url).collect();
+        redis::cluster::ClusterClient::new(seeds).unwrap().get_async_connection().await.unwrap()
+    }
+
+    /// The ports of the masters that serve slots, sorted.
+    pub async fn masters(&self) -> Vec<u16> {
+        let mut m: Vec<u16> = self.slot_map().await.into_iter().map(|(_, _, p)| p).collect();
+        m.sort();
+        m.dedup();
+        m
+    }
+
+    /// `(first, last, master port)` of every slot range, from a live node.
+    pub async fn slot_map(&self) -> Vec<(u16, u16, u16)> {
+        let port = self.ports()[0];
+        let v: Value = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut node_conn(port).await)
+            .await
+            .unwrap();
+        let Value::Array(ranges) = v else { panic!("CLUSTER SLOTS: {v:?}") };
+        let mut map: Vec<(u16, u16, u16)> = ranges
+            .into_iter()
+            .map(|r| match r {
+                Value::Array(f) => match (&f[0], &f[1], &f[2]) {
+                    (Value::Int(a), Value::Int(b), Value::Array(m)) => match m[1] {
+                        Value::Int(p) => (*a as u16, *b as u16, p as u16),
+                        _ => panic!("{m:?}"),
+                    },
+                    other => panic!("{other:?}"),
+                },
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        map.sort();
+        map
+    }
+
+    pub async fn slot_of(&self, key: &str) -> u16 {
+        redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut node_conn(self.ports()[0]).await)
+            .await
+            .unwrap()
+    }
+
+    pub async fn master_of_slot(&self, slot: u16) -> u16 {
+        let map = self.slot_map().await;
+        map.iter().find(|(a, b, _)| *a <= slot && slot <= *b).map(|(_, _, p)| *p).unwrap()
+    }
+
+    /// `PUBSUB SHARDCHANNELS` on one node, sorted.
+    pub async fn shard_channels(&self, port: u16) -> Vec<String> {
+        let mut v: Vec<String> = redis::cmd("PUBSUB")
+            .arg("SHARDCHANNELS")
+            .query_async(&mut node_conn(port).await)
+            .await
+            .unwrap();
+        v.sort();
+        v
+    }
+
+    /// SIGKILL one node, as a crash would.
+    pub fn kill(&mut self, port: u16) {
+        if let Some((_, child)) = self.nodes.iter_mut().find(|(p, _)| *p == port) {
+            if let Some(mut c) = child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    /// Waits until the dead master's slots are served by a promoted replica and every
+    /// surviving node says `cluster_state:ok`.
+    pub async fn await_failover(&self, dead: u16) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = self.all_ok(&self.ports()).await;
+            if ok && !self.slot_map().await.iter().any(|(_, _, p)| *p == dead) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no failover of {dead} within 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Moves `slot` and its keys to the master at `to` (the procedure of `redis-cli
+    /// --cluster reshard`, for one given slot).
+    pub async fn migrate_slot(&self, slot: u16, to: u16) {
+        let from = self.master_of_slot(slot).await;
+        assert_ne!(from, to);
+        let (mut src, mut dst) = (node_conn(from).await, node_conn(to).await);
+        let id = |c: &mut redis::aio::MultiplexedConnection| {
+            let mut c = c.clone();
+            async move { redis::cmd("CLUSTER").arg("MYID").query_async::<String>(&mut c).await.unwrap() }
+        };
+        let (src_id, dst_id) = (id(&mut src).await, id(&mut dst).await);
+        let setslot = |c: &mut redis::aio::MultiplexedConnection, how: &str, node: &str| {
+            let (mut c, how, node) = (c.clone(), how.to_owned(), node.to_owned());
+            async move {
+                redis::cmd("CLUSTER")
+                    .arg("SETSLOT")
+                    .arg(slot)
+                    .arg(how)
+                    .arg(node)
+                    .query_async::<()>(&mut c)
+                    .await
+                    .unwrap()
+            }
+        };
+        setslot(&mut dst, "IMPORTING", &src_id).await;
+        setslot(&mut src, "MIGRATING", &dst_id).await;
+        loop {
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(100)
+                .query_async(&mut src)
+                .await
+                .unwrap();
+            if keys.is_empty() {
+                break;
+            }
+            let _: () = redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(to)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys)
+                .query_async(&mut src)
+                .await
+                .unwrap();
+        }
+        for port in self.masters().await {
+            setslot(&mut node_conn(port).await, "NODE", &dst_id).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.master_of_slot(slot).await != to {
+            assert!(Instant::now() < deadline, "slot {slot} never moved to {to}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn all_ok(&self, ports: &[u16]) -> bool {
+        for p in ports {
+            if !info(*p, "cluster").await.contains("cluster_state:ok") {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Waits until every node is `cluster_state:ok` with the same slot map.
+    async fn await_ok(&self, ports: Vec<u16>) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.all_ok(&ports).await {
+                let mut maps = Vec::new();
+                for p in &ports {
+                    let v: Value = redis::cmd("CLUSTER")
+                        .arg("SLOTS")
+                        .query_async(&mut node_conn(*p).await)
+                        .await
+                        .unwrap();
+                    maps.push(format!("{:?}", sorted(v)));
+                }
+                if maps.windows(2).all(|w| w[0] == w[1]) {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "the cluster never became ok");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// CLUSTER SLOTS with its ranges sorted and replicas dropped (their order varies by node).
+fn sorted(v: Value) -> Vec<(i64, i64, String)> {
+    let Value::Array(ranges) = v else { return Vec::new() };
+    let mut out: Vec<(i64, i64, String)> = ranges
+        .into_iter()
+        .filter_map(|r| match r {
+            Value::Array(f) => match (&f[0], &f[1], &f[2]) {
+                (Value::Int(a), Value::Int(b), m) => Some((*a, *b, format!("{m:?}"))),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+impl RedisCluster {
+    /// Starts one cluster-enabled node on a fresh free port; its process waits in `spawned`.
+    async fn spawn_new(&mut self) -> u16 {
+        for _ in 0..10 {
+            let port = free_pair();
+            let conf = self.dir.path().join(format!("nodes-{port}.conf"));
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                .arg("--cluster-config-file")
+                .arg(&conf)
+                .args(["--cluster-replica-validity-factor", "0"])
+                .args(["--cluster-allow-replica-migration", "no"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(self.dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server on PATH");
+            let pid = child.id();
+            self.spawned = Some(child);
+            for _ in 0..200 {
+                if let Some(Ok(Some(_))) = self.spawned.as_mut().map(|c| c.try_wait()) {
+                    break; // exited: port taken
+                }
+                if info(port, "server").await.lines().any(|l| l.trim() == format!("process_id:{pid}"))
+                {
+                    return port;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            if let Some(mut c) = self.spawned.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        panic!("could not start a cluster-enabled redis-server");
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.nodes {
+            if let Some(mut c) = child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
