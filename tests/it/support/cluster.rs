@@ -55,8 +55,7 @@ impl RedisCluster {
 
     /// `masters` masters with `replicas` replicas each.
     pub async fn start_with(masters: usize, replicas: usize) -> Self {
-        let mut me =
-            Self { nodes: Vec::new(), dir: tempfile::tempdir().unwrap(), spawned: None };
+        let mut me = Self { nodes: Vec::new(), dir: tempfile::tempdir().unwrap(), spawned: None };
         for _ in 0..masters * (1 + replicas) {
             let port = me.spawn_new().await;
             let child = me.spawned.take();
@@ -235,9 +234,16 @@ impl RedisCluster {
         }
     }
 
+    /// Every node `cluster_state:ok`, and every replica's link to its master up (a replica
+    /// still in its first sync would be promoted empty).
     async fn all_ok(&self, ports: &[u16]) -> bool {
         for p in ports {
             if !info(*p, "cluster").await.contains("cluster_state:ok") {
+                return false;
+            }
+            let replication = info(*p, "replication").await;
+            if replication.contains("role:slave") && !replication.contains("master_link_status:up")
+            {
                 return false;
             }
         }
@@ -311,7 +317,10 @@ impl RedisCluster {
                 if let Some(Ok(Some(_))) = self.spawned.as_mut().map(|c| c.try_wait()) {
                     break; // exited: port taken
                 }
-                if info(port, "server").await.lines().any(|l| l.trim() == format!("process_id:{pid}"))
+                if info(port, "server")
+                    .await
+                    .lines()
+                    .any(|l| l.trim() == format!("process_id:{pid}"))
                 {
                     return port;
                 }
