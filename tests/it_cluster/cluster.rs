@@ -161,3 +161,110 @@ async fn a_master_killed_mid_stream_fails_over_and_subscribers_miss_nothing() {
     assert!(a.metric("miteos_gaps_repaired_total") >= 1.0, "and repaired it");
     a.shutdown().await;
 }
+
+#[tokio::test]
+async fn migrating_a_busy_channels_slot_loses_no_event() {
+    let cluster = RedisCluster::start_with(3, 0).await;
+    let a = TestServer::on_cluster(&cluster, |_| {}).await;
+    let acct = "acct_migrate";
+    let (token, _) = a.key(acct, Environment::Live, &[Scope::TasksRead]).await;
+    let (mut c, _) = WsClient::authed(&a.ws_url(&token), &token).await;
+    let channel = format!("mt:live:{acct}:tasks");
+    let slot = cluster.slot_of(&channel).await;
+    let from = cluster.master_of_slot(slot).await;
+    let to = *cluster.masters().await.iter().find(|p| **p != from).unwrap();
+    let mut accepted = Vec::new();
+    for n in 1..=20 {
+        accepted.push(publish_until_accepted(&a, acct, n).await);
+    }
+    // The slot moves while a producer keeps publishing.
+    let producer = {
+        let (addr, acct) = (a.admin_addr, acct.to_owned());
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            for n in 21..=60 {
+                got.push(publish_via(addr, &acct, n).await);
+            }
+            got
+        })
+    };
+    cluster.migrate_slot(slot, to).await;
+    accepted.extend(producer.await.unwrap());
+    for n in 61..=70 {
+        accepted.push(publish_until_accepted(&a, acct, n).await);
+    }
+    eventually("the subscription followed the slot", || async {
+        cluster.shard_channels(to).await == [channel.clone()]
+            && cluster.shard_channels(from).await.is_empty()
+    })
+    .await;
+    let last = accepted.last().unwrap()["offset"].as_u64().unwrap();
+    let got = c.recv_until_offset(last).await;
+    assert!(got.iter().all(|m| m["type"] == "event"), "no gap: {got:?}");
+    let ids: Vec<&str> = got.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let want: Vec<&str> = accepted.iter().map(|a| a["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, want, "every accepted event once, in order");
+    a.shutdown().await;
+}
+
+/// `publish_until_accepted` through an admin address (for a producer task).
+async fn publish_via(admin: std::net::SocketAddr, acct: &str, n: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut http = crate::support::http::HttpClient::connect(admin).await;
+        let body = json!({"account_id": acct, "environment": "live", "channel": "tasks",
+                          "event": "task.updated", "data": {"n": n}});
+        let r = http
+            .post_json(
+                "/internal/v1/publish",
+                Some(crate::support::server::ADMIN_TOKEN),
+                &body.to_string(),
+            )
+            .await;
+        if r.status == 200 {
+            return r.json();
+        }
+        assert!(Instant::now() < deadline, "never accepted: {} {}", r.status, r.body);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn across_nodes_on_a_cluster_revocation_takes_under_a_second_tickets_and_caps_hold() {
+    let cluster = RedisCluster::start_with(3, 0).await;
+    let a = TestServer::on_cluster(&cluster, |c| c.max_connections_per_key = 2).await;
+    let b = TestServer::on_cluster(&cluster, |c| c.max_connections_per_key = 2).await;
+    assert!(!a.bootstrap.is_empty() && b.bootstrap.is_empty(), "one store for the cluster");
+    // A ticket minted on A works once, on B.
+    let (token, id) =
+        a.key("acct_c", Environment::Test, &[Scope::TasksRead, Scope::TeamsWrite]).await;
+    let r = a.http().await.post_json("/v1/ws/tickets", Some(&token), "").await;
+    assert_eq!(r.status, 201);
+    let ticket = r.json()["ticket"].as_str().unwrap().to_owned();
+    let url = |s: &TestServer| format!("ws://{}/v1/ws?ticket={ticket}", s.addr);
+    let mut by_ticket = WsClient::connect(&url(&b)).await;
+    by_ticket.send(json!({"type": "auth", "ticket": ticket})).await;
+    assert_eq!(by_ticket.recv().await["type"], "auth.success");
+    let reused = WsClient::try_connect(&url(&a)).await.err().expect("single use across nodes");
+    assert_eq!(reused.status, 401);
+    // Caps: the ticket's stream and one more fill the key's 2 slots, on any node.
+    let (mut on_a, _) = WsClient::authed(&a.ws_url(&token), &token).await;
+    for node in [&a, &b] {
+        let full = WsClient::try_connect(&node.ws_url(&token)).await.err().expect("cap of 2");
+        assert_eq!(full.status, 429);
+    }
+    // Revocation on B closes the streams on both nodes within a second.
+    let started = Instant::now();
+    let req = hyper::Request::delete(format!("/v1/api-keys/{id}"))
+        .header("host", "x")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Default::default())
+        .unwrap();
+    assert_eq!(b.http().await.send(req).await.status, 200);
+    assert_eq!(on_a.expect_close().await, 4003);
+    assert_eq!(by_ticket.expect_close().await, 4003);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "closed after {took:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
