@@ -136,6 +136,11 @@ pub trait Broker: Send + Sync + 'static {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Option<HistoryPage>, BrokerError>;
+    /// Starts a new epoch for `channel` if its epoch is still `stale`: its history was found
+    /// to have forgotten events already delivered (a rollback). Nothing to do by default.
+    async fn new_epoch(&self, _channel: &ChannelKey, _stale: &str) -> Result<(), BrokerError> {
+        Ok(())
+    }
     /// Publishes a control message to every node, this one included.
     async fn publish_control(&self, msg: &ControlMessage) -> Result<(), BrokerError>;
     /// Like `publish_control`, and returns once every node that received the message has

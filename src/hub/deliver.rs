@@ -51,6 +51,7 @@ impl Hub {
         for step in steps {
             match step {
                 Step::Deliver(e) => self.fan_out(subs, &e),
+                Step::Rollback(position) => self.spawn_new_epoch(channel.clone(), position),
                 Step::Gap(position) => {
                     let frame = ServerMessage::Gap {
                         channel: channel.topic,

@@ -6,8 +6,17 @@
 //! Invariants: within an epoch, the offsets delivered are strictly increasing and each one
 //! is the last delivered plus one, unless a `Gap` step comes first; events without an
 //! offset (published around the history) pass straight through.
+//!
+//! Rollback (a Redis replica promoted without the last writes, SPEC §7, §9): a repair reads
+//! from the last delivered event itself; if history's head is behind it, or holds another
+//! event at its offset, the store forgot events this node delivered and will number new ones
+//! with the same offsets. The flow then drops that epoch (`stale`) and asks for a new one
+//! (`Step::Rollback`); the new epoch's first event comes with a `Gap`, and clients resuming
+//! from the old epoch are told `recovered: false`.
 
 use std::sync::Arc;
+
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::broker::{Event, HistoryPage, Position};
 
@@ -22,6 +31,8 @@ pub(super) enum Step {
     Deliver(Arc<Event>),
     /// Tell every subscriber: events before this position may be missing.
     Gap(Position),
+    /// The store rolled back under this position: start a new epoch there.
+    Rollback(Position),
 }
 
 /// A history read the Hub must run: events after `after`, then `Flow::repaired(generation, …)`.
@@ -43,6 +54,10 @@ pub(super) struct Flow {
     /// The last event delivered (or the head read when the channel was joined); `None` while
     /// history is off or not read yet.
     last: Option<Position>,
+    /// The frame of the last event delivered (to recognise it in history).
+    last_frame: Option<Utf8Bytes>,
+    /// An epoch found rolled back: its events are dropped until a new epoch begins.
+    stale: Option<Arc<str>>,
     /// `Some` while a repair runs: live events that arrived meanwhile, in arrival order.
     held: Option<Vec<Arc<Event>>>,
     /// Bumped for every repair started, so a stale read is ignored.
@@ -75,14 +90,30 @@ impl Flow {
         self.generation += 1;
         self.attempts = 0;
         self.held.get_or_insert_with(Vec::new);
-        let after = self.last.as_ref().map_or(0, |p| p.offset);
-        Repair { generation: self.generation, after }
+        Repair { generation: self.generation, after: self.read_after() }
+    }
+
+    /// Where a repair reads from: just before the last event delivered, so the read shows
+    /// whether history still holds that very event (a rollback check).
+    fn read_after(&self) -> u64 {
+        let last = self.last.as_ref().map_or(0, |p| p.offset);
+        if self.last_frame.is_some() {
+            last.saturating_sub(1)
+        } else {
+            last
+        }
+    }
+
+    /// Records `e` as the last event delivered.
+    fn delivered(&mut self, e: &Event, pos: Position) {
+        self.last = Some(pos);
+        self.last_frame = Some(e.frame.clone());
     }
 
     /// The fast path: `e` has no offset or is exactly the next one and nothing is being
     /// repaired; then it is taken (the caller delivers it) and `true` is returned.
     pub(super) fn takes_next(&mut self, e: &Event) -> bool {
-        if self.held.is_some() {
+        if self.held.is_some() || self.stale.is_some() {
             return e.offset.is_none();
         }
         let (Some(offset), Some(last)) = (e.offset, self.last.as_mut()) else {
@@ -90,6 +121,7 @@ impl Flow {
         };
         if offset == last.offset + 1 && e.epoch.as_deref() == Some(&*last.epoch) {
             last.offset = offset;
+            self.last_frame = Some(e.frame.clone());
             return true;
         }
         false
@@ -101,6 +133,9 @@ impl Flow {
             out.push(Step::Deliver(e));
             return None;
         };
+        if self.stale.as_ref() == Some(&pos.epoch) {
+            return None; // numbered again after a rollback: ambiguous, dropped (gap follows)
+        }
         if let Some(held) = &mut self.held {
             if held.len() < MAX_HELD {
                 held.push(e);
@@ -117,14 +152,15 @@ impl Flow {
         if last.epoch != pos.epoch {
             // History was lost or restarted: what came between cannot be known.
             out.push(Step::Gap(Position::new(pos.offset - 1, pos.epoch.clone())));
-            self.last = Some(pos);
+            self.stale = None;
+            self.delivered(&e, pos);
             out.push(Step::Deliver(e));
             return None;
         }
         match pos.offset.cmp(&(last.offset + 1)) {
             std::cmp::Ordering::Less => None, // seen already (a repair read it first)
             std::cmp::Ordering::Equal => {
-                self.last = Some(pos);
+                self.delivered(&e, pos);
                 out.push(Step::Deliver(e));
                 None
             }
@@ -159,7 +195,7 @@ impl Flow {
                 self.give_up(out);
                 return None;
             }
-            return Some(Repair { generation, after: self.last.as_ref().map_or(0, |p| p.offset) });
+            return Some(Repair { generation, after: self.read_after() });
         };
         let held = self.held.take().unwrap_or_default();
         let Some(last) = self.last.clone() else {
@@ -178,6 +214,15 @@ impl Flow {
             }
             return None;
         }
+        if self.rolled_back(&page, &last) {
+            outcome.unrepaired += 1;
+            self.stale = Some(last.epoch.clone());
+            out.push(Step::Rollback(last));
+            for e in held {
+                let _ = self.on_event(e, out); // a new epoch's events go on; the stale ones drop
+            }
+            return None;
+        }
         let mut candidates: Vec<Arc<Event>> = page.events.into_iter().chain(held).collect();
         candidates
             .retain(|e| e.epoch.as_deref() == Some(&*last.epoch) && e.offset > Some(last.offset));
@@ -187,6 +232,7 @@ impl Flow {
         let mut lost = false;
         let mut rest = candidates.into_iter();
         let mut waiting = Vec::new();
+        let mut last_frame = None;
         for e in rest.by_ref() {
             let offset = e.offset.unwrap_or(next);
             if offset > next {
@@ -200,10 +246,14 @@ impl Flow {
                 out.push(Step::Gap(Position::new(offset - 1, last.epoch.clone())));
             }
             next = offset + 1;
+            last_frame = Some(e.frame.clone());
             out.push(Step::Deliver(e));
         }
         waiting.extend(rest);
         self.last = Some(Position::new(next - 1, last.epoch.clone()));
+        if last_frame.is_some() {
+            self.last_frame = last_frame;
+        }
         if lost {
             outcome.unrepaired += 1;
         }
@@ -217,6 +267,16 @@ impl Flow {
         self.generation += 1;
         self.attempts = 0;
         Some(Repair { generation: self.generation, after: next - 1 })
+    }
+
+    /// Whether `page` (same epoch) shows history forgot what this node delivered: its head
+    /// is behind the last event delivered, or another event has that event's offset.
+    fn rolled_back(&self, page: &HistoryPage, last: &Position) -> bool {
+        if page.head.offset < last.offset {
+            return true;
+        }
+        let Some(frame) = &self.last_frame else { return false };
+        page.events.iter().any(|e| e.offset == Some(last.offset) && e.frame != *frame)
     }
 
     /// Stops repairing: the held events in order, each hole announced by a gap first.
@@ -233,7 +293,7 @@ impl Flow {
                 Some((true, last)) if pos.offset == last + 1 => {}
                 _ => out.push(Step::Gap(Position::new(pos.offset - 1, pos.epoch.clone()))),
             }
-            self.last = Some(pos);
+            self.delivered(&e, pos);
             out.push(Step::Deliver(e));
         }
     }

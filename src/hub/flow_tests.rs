@@ -13,15 +13,18 @@ use crate::{broker::codec, scope::Topic};
 
 const EPOCH: &str = "e1";
 
+/// Event `offset` of `epoch`, with the id a store would keep for it (so the frame read back
+/// from history is the frame delivered live, as with the real stores).
 fn event(offset: u64, epoch: &str) -> Arc<Event> {
-    codec::decode_at(
-        Topic::Tasks,
-        br#"{"event":"e"}"#,
-        1024,
-        Instant::now(),
-        Some((offset, Arc::from(epoch))),
-    )
-    .unwrap()
+    let payload = format!(
+        r#"{{"event":"e","id":"evt_{epoch}_{offset}","created_at":"2026-12-03T10:00:00.000Z"}}"#
+    );
+    event_with(offset, epoch, &payload)
+}
+
+fn event_with(offset: u64, epoch: &str, payload: &str) -> Arc<Event> {
+    let at = Some((offset, Arc::from(epoch)));
+    codec::decode_at(Topic::Tasks, payload.as_bytes(), 1024, Instant::now(), at).unwrap()
 }
 
 /// The history a read sees: the last `keep` of the `published` events.
@@ -96,7 +99,7 @@ fn delivered(out: &[Step]) -> Vec<u64> {
     out.iter()
         .filter_map(|s| match s {
             Step::Deliver(e) => e.offset,
-            Step::Gap(_) => None,
+            Step::Gap(_) | Step::Rollback(_) => None,
         })
         .collect()
 }
@@ -110,7 +113,11 @@ proptest! {
     ) {
         let (out, published) = run(&actions, 1_000);
         prop_assert_eq!(delivered(&out), (1..=published).collect::<Vec<_>>());
-        prop_assert!(!out.iter().any(|s| matches!(s, Step::Gap(_))), "no gap: {:?}", out);
+        prop_assert!(
+            !out.iter().any(|s| matches!(s, Step::Gap(_) | Step::Rollback(_))),
+            "no gap: {:?}",
+            out
+        );
     }
 
     #[test]
@@ -133,6 +140,7 @@ proptest! {
                     prop_assert!(o == last + 1 || announced == o - 1, "silent hole before {}", o);
                     last = o;
                 }
+                Step::Rollback(_) => prop_assert!(false, "no rollback in a store that keeps all"),
             }
         }
         prop_assert_eq!(last, published, "the newest event is delivered in the end");
@@ -178,4 +186,70 @@ fn events_without_an_offset_pass_straight_through_even_during_a_repair() {
     assert!(flow.on_event(raw, &mut out).is_none());
     assert_eq!(out.len(), 1);
     assert!(matches!(&out[0], Step::Deliver(e) if e.offset.is_none()));
+}
+
+/// A node that delivered 1..=5, then reconnects: the repair reads from 4.
+fn delivered_five_then_reconnected() -> (Flow, Repair) {
+    let mut flow = Flow::default();
+    flow.start_at(Position::new(0, EPOCH));
+    let mut out = Vec::new();
+    for o in 1..=5 {
+        assert!(flow.on_event(event(o, EPOCH), &mut out).is_none());
+    }
+    let r = flow.on_reconnect().expect("a repair after a reconnect");
+    assert_eq!(r.after, 4, "reads the last delivered event again, to check it");
+    (flow, r)
+}
+
+#[test]
+fn history_behind_what_was_delivered_is_a_rollback_and_that_epoch_is_dropped() {
+    let (mut flow, r) = delivered_five_then_reconnected();
+    let (mut out, mut outcome) = (Vec::new(), Outcome::default());
+    // The promoted replica only had 1..=3.
+    let behind = HistoryPage { events: vec![], head: Position::new(3, EPOCH), first: 1 };
+    assert!(flow.repaired(r.generation, Some(behind), &mut out, &mut outcome).is_none());
+    assert!(matches!(&out[..], [Step::Rollback(p)] if p.offset == 5), "{out:?}");
+    assert_eq!(outcome.unrepaired, 1);
+    // Its new events 4, 5, 6 in the old epoch are not the ones delivered: dropped.
+    out.clear();
+    for o in 4..=6 {
+        assert!(!flow.takes_next(&event_with(
+            o,
+            EPOCH,
+            r#"{"event":"other","created_at":"2026-12-03T10:00:00.000Z"}"#
+        )));
+        let _ = flow.on_event(
+            event_with(o, EPOCH, r#"{"event":"other","created_at":"2026-12-03T10:00:00.000Z"}"#),
+            &mut out,
+        );
+    }
+    assert!(out.is_empty(), "{out:?}");
+    // The new epoch begins: a gap, then its events.
+    let _ = flow.on_event(event(1, "e2"), &mut out);
+    assert!(matches!(&out[..], [Step::Gap(_), Step::Deliver(e)] if e.offset == Some(1)));
+    assert!(flow.takes_next(&event(2, "e2")), "back on the fast path");
+}
+
+#[test]
+fn another_event_at_the_last_delivered_offset_is_a_rollback() {
+    let (mut flow, r) = delivered_five_then_reconnected();
+    let (mut out, mut outcome) = (Vec::new(), Outcome::default());
+    // The store lost 4 and 5, then numbered newer events 4, 5, 6 again.
+    let events = (5..=6)
+        .map(|o| event_with(o, EPOCH, r#"{"event":"new","created_at":"2026-12-03T10:00:00.000Z"}"#))
+        .collect();
+    let page = HistoryPage { events, head: Position::new(6, EPOCH), first: 1 };
+    assert!(flow.repaired(r.generation, Some(page), &mut out, &mut outcome).is_none());
+    assert!(matches!(&out[..], [Step::Rollback(p)] if p.offset == 5), "{out:?}");
+}
+
+#[test]
+fn the_same_event_at_the_last_offset_is_no_rollback() {
+    let (mut flow, r) = delivered_five_then_reconnected();
+    let (mut out, mut outcome) = (Vec::new(), Outcome::default());
+    let events = (5..=7).map(|o| event(o, EPOCH)).collect();
+    let page = HistoryPage { events, head: Position::new(7, EPOCH), first: 1 };
+    assert!(flow.repaired(r.generation, Some(page), &mut out, &mut outcome).is_none());
+    assert_eq!(delivered(&out), vec![6, 7]);
+    assert_eq!(outcome.repaired, 1);
 }

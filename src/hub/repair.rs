@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::{
-    flow::{Outcome, Repair},
+    flow::{Outcome, Repair, MAX_ATTEMPTS},
     Hub,
 };
 use crate::broker::ChannelKey;
@@ -53,6 +53,25 @@ impl Hub {
         if let Some(r) = more {
             self.spawn_repair(channel, r);
         }
+    }
+
+    /// A rollback was found under `at`: a new epoch for the channel, so offsets never repeat
+    /// (its next event then reaches the subscribers with a gap).
+    pub(super) fn spawn_new_epoch(&self, channel: ChannelKey, at: crate::broker::Position) {
+        self.metrics.history_rollbacks.inc();
+        tracing::warn!(%channel, offset = at.offset, "history rolled back under delivered events; starting a new epoch");
+        let me = self.me.clone();
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        rt.spawn(async move {
+            for _ in 0..MAX_ATTEMPTS {
+                let Some(hub) = me.upgrade() else { return };
+                if hub.broker.new_epoch(&channel, &at.epoch).await.is_ok() {
+                    return;
+                }
+                drop(hub);
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        });
     }
 
     /// After a broker reconnect: every channel with a known position reads what it missed.

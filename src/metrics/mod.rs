@@ -63,6 +63,8 @@ pub struct Metrics {
     /// Holes in a channel's offsets (or broker reconnects) that history filled / could not.
     pub gaps_repaired: Counter,
     pub gaps_unrepaired: Counter,
+    /// Channels whose history was found behind what this node delivered (a rollback).
+    pub history_rollbacks: Counter,
     /// Resumes (SPEC §7) that delivered the missed events / that answered `recovered: false`.
     pub resumes_recovered: Counter,
     pub resumes_unrecovered: Counter,
@@ -100,6 +102,7 @@ impl Metrics {
             broker_overflows: Counter::default(),
             gaps_repaired: Counter::default(),
             gaps_unrepaired: Counter::default(),
+            history_rollbacks: Counter::default(),
             resumes_recovered: Counter::default(),
             resumes_unrecovered: Counter::default(),
             rate_limited: Family::default(),
@@ -178,6 +181,11 @@ impl Metrics {
             "gaps_unrepaired",
             "Holes in a channel's offsets that history no longer covered (subscribers got a gap message)",
             m.gaps_unrepaired.clone(),
+        );
+        r.register(
+            "history_rollbacks",
+            "Channels whose history had forgotten events this node delivered (a replica promoted behind its master): a new epoch was started",
+            m.history_rollbacks.clone(),
         );
         r.register(
             "resumes_recovered",

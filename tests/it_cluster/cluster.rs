@@ -268,3 +268,83 @@ async fn across_nodes_on_a_cluster_revocation_takes_under_a_second_tickets_and_c
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_replica_promoted_behind_its_master_starts_a_new_epoch_instead_of_repeating_offsets() {
+    let mut cluster = RedisCluster::start_with(3, 1).await;
+    let a = TestServer::on_cluster(&cluster, |_| {}).await;
+    let acct = "acct_rollback";
+    let (token, _) = a.key(acct, Environment::Live, &[Scope::TasksRead]).await;
+    let (mut c, _) = WsClient::authed(&a.ws_url(&token), &token).await;
+    let channel = format!("mt:live:{acct}:tasks");
+    let master = cluster.master_of_slot(cluster.slot_of(&channel).await).await;
+    let replica = cluster.replica_of(master).await;
+    for n in 1..=10 {
+        publish_until_accepted(&a, acct, n).await;
+    }
+    let mut m = crate::support::cluster::node_conn(master).await;
+    let synced: i64 = redis::cmd("WAIT").arg(1).arg(5000).query_async(&mut m).await.unwrap();
+    assert_eq!(synced, 1);
+    // The replica stops hearing its master (stopped, and its link cut while it cannot
+    // reconnect): 11..=15 reach the subscriber, not the replica.
+    cluster.pause(replica, true);
+    let cut: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query_async(&mut m)
+        .await
+        .unwrap();
+    assert_eq!(cut, 1);
+    let mut old = Value::Null;
+    for n in 11..=15 {
+        old = publish_until_accepted(&a, acct, n).await;
+    }
+    let got = c.recv_until_offset(15).await;
+    assert_eq!(crate::support::ws::event_offsets(&got), (1..=15).collect::<Vec<_>>());
+    cluster.kill(master);
+    cluster.pause(replica, false);
+    cluster.await_failover(master).await;
+    // The promoted replica numbers new events 11, 12, … again in the same epoch: the node must
+    // notice and start a new epoch rather than deliver (or silently drop) them.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut n = 16;
+    while a.metric("miteos_history_rollbacks_total") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the rollback was never noticed (gaps {}, repaired {}, unrepaired {})",
+            a.metric("miteos_broker_gaps_total"),
+            a.metric("miteos_gaps_repaired_total"),
+            a.metric("miteos_gaps_unrepaired_total")
+        );
+        publish_until_accepted(&a, acct, n).await;
+        n += 1;
+    }
+    let fresh = publish_until_accepted(&a, acct, 1000).await;
+    assert_ne!(fresh["epoch"], old["epoch"], "a new epoch after the rollback");
+    // The subscriber: a gap, then the new epoch's events; never an offset it had again
+    // without a gap first.
+    let mut after_gap = false;
+    loop {
+        let msg = c.recv().await;
+        if msg["type"] == "gap" {
+            after_gap = true;
+            assert_eq!(msg["position"]["epoch"], fresh["epoch"]);
+            continue;
+        }
+        assert_eq!(msg["type"], "event", "{msg}");
+        assert!(after_gap, "an event after the rollback without a gap first: {msg}");
+        if msg["data"]["n"] == 1000 {
+            assert_eq!(msg["offset"], fresh["offset"]);
+            break;
+        }
+    }
+    // A client resuming from before the rollback is told the truth.
+    let (token2, _) = a.key(acct, Environment::Live, &[Scope::TasksRead]).await;
+    let mut r = WsClient::connect(&a.ws_url(&token2)).await;
+    let resume = json!({"tasks": {"offset": 15, "epoch": old["epoch"]}});
+    r.send(json!({"type": "auth", "token": token2, "resume": resume})).await;
+    let ok = r.recv().await;
+    assert_eq!(ok["positions"]["tasks"]["recovered"], false, "{ok}");
+    a.shutdown().await;
+}

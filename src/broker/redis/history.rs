@@ -146,6 +146,25 @@ impl History {
         }
     }
 
+    /// `FCALL mt_reepoch`: forgets the channel's history if its epoch is still `stale`.
+    pub(super) async fn new_epoch(
+        &self,
+        link: &RedisLink,
+        channel: &ChannelKey,
+        stale: &str,
+    ) -> Result<(), BrokerError> {
+        let mut conn = link.conn().await.map_err(unavailable)?;
+        redis::cmd("FCALL")
+            .arg("mt_reepoch")
+            .arg(2)
+            .arg(&history_keys(channel)[..])
+            .arg(stale)
+            .query_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
     pub(super) async fn publish(
         &self,
         link: &RedisLink,

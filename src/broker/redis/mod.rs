@@ -350,6 +350,11 @@ impl Broker for RedisBroker {
         history.read(&self.inner.link, channel, after, limit).await.map(Some)
     }
 
+    async fn new_epoch(&self, channel: &ChannelKey, stale: &str) -> Result<(), BrokerError> {
+        let Some(history) = &self.inner.history else { return Ok(()) };
+        history.new_epoch(&self.inner.link, channel, stale).await
+    }
+
     async fn publish_control(&self, msg: &ControlMessage) -> Result<(), BrokerError> {
         control::publish(&self.inner, msg, false).await
     }

@@ -298,6 +298,17 @@ local function history(keys, args)
   return { seq, epoch, first, out }
 end
 
+-- A node found this channel's history behind what it delivered (a replica promoted without
+-- the last writes): if the epoch is still ARGV[1], forget it, so the next call starts a new
+-- one and offsets never repeat within an epoch.
+local function reepoch(keys, args)
+  local c, err = channel_of(keys)
+  if not c then return redis.error_reply(err) end
+  if redis.call('HGET', keys[2], 'epoch') ~= args[1] then return 0 end
+  redis.call('DEL', keys[1], keys[2])
+  return 1
+end
+
 local function settings()
   return { SETTINGS.size, SETTINGS.ttl_ms, SETTINGS.max_bytes }
 end
@@ -305,4 +316,5 @@ end
 redis.register_function('mt_publish', publish)
 redis.register_function('mt_head', head)
 redis.register_function('mt_history', history)
+redis.register_function('mt_reepoch', reepoch)
 redis.register_function { function_name = 'mt_settings', callback = settings, flags = { 'no-writes' } }

@@ -151,6 +151,22 @@ impl RedisCluster {
         v
     }
 
+    /// The port of a replica of the master at `master`.
+    pub async fn replica_of(&self, master: u16) -> u16 {
+        let replication = info(master, "replication").await;
+        let line = replication.lines().find(|l| l.starts_with("slave0:")).expect("a replica");
+        let port = line.split(',').find_map(|f| f.strip_prefix("port=")).expect("its port");
+        port.trim().parse().unwrap()
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT one node: a stopped replica misses what its master writes.
+    pub fn pause(&self, port: u16, stop: bool) {
+        let (_, child) = self.nodes.iter().find(|(p, _)| *p == port).expect("a node");
+        let pid = child.as_ref().expect("running").id().to_string();
+        let signal = if stop { "-STOP" } else { "-CONT" };
+        assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
+    }
+
     /// SIGKILL one node, as a crash would.
     pub fn kill(&mut self, port: u16) {
         if let Some((_, child)) = self.nodes.iter_mut().find(|(p, _)| *p == port) {
