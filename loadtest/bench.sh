@@ -3,6 +3,7 @@
 # BENCH_REDIS_URL) and prints the loadtest JSON line. Usage:
 #   loadtest/bench.sh idle --clients 19000
 #   BENCH_REDIS_URL=redis://127.0.0.1:6390/ loadtest/bench.sh fanout --clients 10000 --mode burst
+#   BENCH_REDIS_CLUSTER=redis://127.0.0.1:7000 loadtest/bench.sh fanout --clients 10000
 # BENCH_SERVER and BENCH_CONFIG pick another binary and config (e.g. an older build).
 # LOADTEST_HISTORY=1 (Redis mode) publishes through the history function instead of PUBLISH
 # (resume always does: its missed events need offsets).
@@ -12,6 +13,9 @@ scenario=$1; shift
 dir=$(mktemp -d)
 extra=()
 [ -n "${BENCH_REDIS_URL:-}" ] && extra+=(--redis-url "$BENCH_REDIS_URL")
+# A Redis Cluster's seeds instead (comma-separated); events are published through the admin
+# endpoint (the loadtest's own Redis publisher speaks to one Redis only).
+[ -n "${BENCH_REDIS_CLUSTER:-}" ] && extra+=(--redis-cluster "$BENCH_REDIS_CLUSTER") && BENCH_PUBLISH_ADMIN=1
 "${BENCH_SERVER:-./target/release/miteos-stream}" --config "${BENCH_CONFIG:-loadtest/bench.toml}" --data-dir "$dir" "${extra[@]}" serve \
   > "$dir/server.out" 2> "$dir/server.err" &
 pid=$!
