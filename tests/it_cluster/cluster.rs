@@ -81,24 +81,7 @@ async fn events_of_many_accounts_over_all_shards_reach_both_nodes_once_in_order(
 /// Publishes `n` through node `s`'s admin endpoint until it is accepted (a failover answers
 /// 503 for a while); returns the answer.
 async fn publish_until_accepted(s: &TestServer, acct: &str, n: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut admin = s.admin().await;
-        let body = json!({"account_id": acct, "environment": "live", "channel": "tasks",
-                          "event": "task.updated", "data": {"n": n}});
-        let r = admin
-            .post_json(
-                "/internal/v1/publish",
-                Some(crate::support::server::ADMIN_TOKEN),
-                &body.to_string(),
-            )
-            .await;
-        if r.status == 200 {
-            return r.json();
-        }
-        assert!(Instant::now() < deadline, "publish never accepted again: {} {}", r.status, r.body);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    publish_via(s.admin_addr, acct, n).await
 }
 
 #[tokio::test]
@@ -207,7 +190,7 @@ async fn migrating_a_busy_channels_slot_loses_no_event() {
     a.shutdown().await;
 }
 
-/// `publish_until_accepted` through an admin address (for a producer task).
+/// `publish_until_accepted` through an admin address (also for a producer task).
 async fn publish_via(admin: std::net::SocketAddr, acct: &str, n: u64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
