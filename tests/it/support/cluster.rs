@@ -320,6 +320,9 @@ impl RedisCluster {
                 .arg(&conf)
                 .args(["--cluster-replica-validity-factor", "0"])
                 .args(["--cluster-allow-replica-migration", "no"])
+                // A replica syncs at once and is listed in CLUSTER SLOTS at once (Redis 7.0
+                // leaves out a replica whose offset is still 0, until the master's ping).
+                .args(["--repl-diskless-sync-delay", "0", "--repl-ping-replica-period", "1"])
                 .args(["--save", "", "--appendonly", "no"])
                 .arg("--dir")
                 .arg(self.dir.path())
