@@ -322,7 +322,9 @@ async fn a_replica_promoted_behind_its_master_starts_a_new_epoch_instead_of_repe
             break;
         }
     }
-    // A client resuming from before the rollback is told the truth.
+    // A client resuming from before the rollback is told the truth (once the node is ready
+    // again: its control connection may have been on the dead master too).
+    a.wait_ready(200).await;
     let (token2, _) = a.key(acct, Environment::Live, &[Scope::TasksRead]).await;
     let mut r = WsClient::connect(&a.ws_url(&token2)).await;
     let resume = json!({"tasks": {"offset": 15, "epoch": old["epoch"]}});
