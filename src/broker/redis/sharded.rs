@@ -187,6 +187,9 @@ pub(super) async fn supervise(weak: Weak<Inner>, mut events: mpsc::UnboundedRece
                 }
                 if shards.subscribe(&inner, &channel).await.is_err() {
                     failed.push(channel);
+                } else if !inner.desired.lock().contains(&channel) {
+                    // Its last subscriber left meanwhile: leave nothing behind on the shard.
+                    let _ = shards.unsubscribe(&channel).await;
                 }
             }
             waiting = failed;
