@@ -107,7 +107,10 @@ async fn pump(
             },
             _ = watch_cut.wait_for(|m| cuts(m, &pubsub)) => return,
         };
-        if from_client && buf[..n].windows(9).any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE")) {
+        // The command itself (a RESP bulk string), not the word inside some payload such as
+        // a FUNCTION LOAD source.
+        const COMMAND: &[u8] = b"$9\r\nSUBSCRIBE\r\n";
+        if from_client && buf[..n].windows(COMMAND.len()).any(|w| w.eq_ignore_ascii_case(COMMAND)) {
             pubsub.store(true, Ordering::SeqCst);
         }
         let frozen = |m: &Mode| *m == Mode::FreezePubSub && pubsub.load(Ordering::SeqCst);
