@@ -8,6 +8,7 @@
 //! scope, token (hashes in control messages).
 //! Never: know about sessions or sockets. Invariants: `Deliver::deliver` never awaits.
 
+pub mod coalesce;
 pub mod codec;
 pub mod memory;
 pub mod position;

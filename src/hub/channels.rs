@@ -146,6 +146,15 @@ impl Hub {
         }
     }
 
+    /// The last position this node reached on `key` (delivered, or the head read when its
+    /// first local subscriber joined), if it has the channel: a position the channel really
+    /// reached, never one ahead of it. Reading it needs no broker call.
+    pub fn position(&self, key: &ChannelKey) -> Option<Position> {
+        let ch = self.channels.get(key).map(|c| c.clone())?;
+        let last = ch.subs.lock().flow.last().cloned();
+        last
+    }
+
     /// Replaces the event filter of the session owning `outbox` on `key` (a client
     /// subscribing again to a channel it is on). Returns `None` if it was not on `key`, else
     /// the channel's position now.

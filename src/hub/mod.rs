@@ -30,7 +30,10 @@ use std::{
 use dashmap::DashMap;
 
 use crate::{
-    broker::{Broker, ChannelKey, ControlMessage, Deliver, Done},
+    broker::{
+        coalesce::{Coalesce, ReadCounters},
+        Broker, ChannelKey, ControlMessage, Deliver, Done,
+    },
     ids::{ConnId, KeyId},
     metrics::Metrics,
     outbox::Outbox,
@@ -124,18 +127,28 @@ fn tombstone<K: std::hash::Hash + Eq>(map: &DashMap<K, std::time::Instant>, key:
 }
 
 impl Hub {
-    /// Builds the Hub and its broker together: the broker gets a weak handle to the Hub.
+    /// Builds the Hub and its broker together: the broker gets a weak handle to the Hub, and
+    /// the Hub sees it through `Coalesce` (identical concurrent reads sent once).
     /// `repair_limit`: events read from history per gap-repair read (the history size).
     pub fn new(
         metrics: Arc<Metrics>,
         repair_limit: usize,
         make_broker: impl FnOnce(Weak<dyn Deliver>) -> Arc<dyn Broker>,
     ) -> Arc<Hub> {
+        let counters = |op| {
+            let (sent, shared) = metrics.broker_read_counters(op);
+            ReadCounters { sent, shared }
+        };
+        let (head, history) = (counters("head"), counters("history"));
         Arc::new_cyclic(|me: &Weak<Hub>| {
             let handler: Weak<dyn Deliver> = me.clone();
+            // Every broker kind behind one decorator: concurrent identical reads (a resume
+            // storm) are sent once.
+            let broker: Arc<dyn Broker> =
+                Arc::new(Coalesce::new(make_broker(handler), head, history));
             Hub {
                 me: me.clone(),
-                broker: make_broker(handler),
+                broker,
                 channels: DashMap::new(),
                 sessions: DashMap::new(),
                 revoked: DashMap::new(),

@@ -41,6 +41,12 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    /// `head` or `history`.
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CloseLabel {
     pub code: u16,
 }
@@ -68,6 +74,12 @@ pub struct Metrics {
     /// Resumes (SPEC §7) that delivered the missed events / that answered `recovered: false`.
     pub resumes_recovered: Counter,
     pub resumes_unrecovered: Counter,
+    /// Resumes a broker error left unanswered (the stream closed 1013, or `broker_unavailable`).
+    pub resumes_failed: Counter,
+    /// Channel head/history reads sent to the broker, and those answered by a read another
+    /// caller sent (concurrent identical reads are sent once: `broker::coalesce`).
+    pub broker_reads: Family<OpLabel, Counter>,
+    pub broker_reads_shared: Family<OpLabel, Counter>,
     pub rate_limited: Family<LimitLabel, Counter>,
     /// Requests refused by a policy rather than a rate (an `Origin` not allowed, …).
     pub refused: Family<ReasonLabel, Counter>,
@@ -105,6 +117,9 @@ impl Metrics {
             history_rollbacks: Counter::default(),
             resumes_recovered: Counter::default(),
             resumes_unrecovered: Counter::default(),
+            resumes_failed: Counter::default(),
+            broker_reads: Family::default(),
+            broker_reads_shared: Family::default(),
             rate_limited: Family::default(),
             refused: Family::default(),
             // 1 ms … ~16 s.
@@ -198,6 +213,21 @@ impl Metrics {
             m.resumes_unrecovered.clone(),
         );
         r.register(
+            "resumes_failed",
+            "Channel resumes not answered because a broker read failed (stream closed with 1013, or a subscribe answered broker_unavailable)",
+            m.resumes_failed.clone(),
+        );
+        r.register(
+            "broker_reads",
+            "Channel head and history reads sent to the broker, by op",
+            m.broker_reads.clone(),
+        );
+        r.register(
+            "broker_reads_shared",
+            "Channel head and history reads answered by an identical read another caller sent, by op",
+            m.broker_reads_shared.clone(),
+        );
+        r.register(
             "rate_limited",
             "Requests and connections refused by a limit",
             m.rate_limited.clone(),
@@ -226,6 +256,13 @@ impl Metrics {
 
     pub fn rate_limited(&self, limit: &'static str) {
         self.rate_limited.get_or_create(&LimitLabel { limit }).inc();
+    }
+
+    /// The counters of one kind of broker read (`head`, `history`): (sent, shared).
+    pub fn broker_read_counters(&self, op: &'static str) -> (Counter, Counter) {
+        let label = OpLabel { op };
+        let sent = self.broker_reads.get_or_create(&label).clone();
+        (sent, self.broker_reads_shared.get_or_create(&label).clone())
     }
 
     pub fn auth_failure(&self, code: &'static str) {

@@ -38,6 +38,7 @@ mod redis_flood;
 mod redis_mode;
 mod redis_outage;
 mod refusal_log;
+mod resume_storm;
 mod rotation_bounds;
 mod scope_diffs;
 mod slow_bodies;

@@ -27,19 +27,25 @@ use crate::{
     report::{latency, Report},
 };
 
-/// Server counters read before and after the storm (admin `/metrics`).
-const COUNTERS: [&str; 5] = [
-    "miteos_resumes_recovered_total",
-    "miteos_resumes_unrecovered_total",
-    "miteos_slow_consumer_closes_total",
-    "miteos_gaps_repaired_total",
-    "miteos_gaps_unrepaired_total",
+/// Server counters read before and after the storm (admin `/metrics`): the name in the
+/// report and the metric line.
+const COUNTERS: [(&str, &str); 10] = [
+    ("resumes_recovered_total", "miteos_resumes_recovered_total "),
+    ("resumes_unrecovered_total", "miteos_resumes_unrecovered_total "),
+    ("resumes_failed_total", "miteos_resumes_failed_total "),
+    ("slow_consumer_closes_total", "miteos_slow_consumer_closes_total "),
+    ("gaps_repaired_total", "miteos_gaps_repaired_total "),
+    ("gaps_unrepaired_total", "miteos_gaps_unrepaired_total "),
+    ("broker_head_reads_total", "miteos_broker_reads_total{op=\"head\"} "),
+    ("broker_head_reads_shared_total", "miteos_broker_reads_shared_total{op=\"head\"} "),
+    ("broker_history_reads_total", "miteos_broker_reads_total{op=\"history\"} "),
+    ("broker_history_reads_shared_total", "miteos_broker_reads_shared_total{op=\"history\"} "),
 ];
 
 async fn counters(admin: std::net::SocketAddr) -> Vec<Option<f64>> {
     let mut out = Vec::new();
-    for name in COUNTERS {
-        out.push(super::server_metric(admin, &format!("{name} ")).await);
+    for (_, line) in COUNTERS {
+        out.push(super::server_metric(admin, line).await);
     }
     out
 }
@@ -203,9 +209,9 @@ pub async fn run(mut o: Resume) -> anyhow::Result<Report> {
     let server: serde_json::Map<String, Value> = COUNTERS
         .iter()
         .zip(before.iter().zip(&after))
-        .map(|(name, (b, a))| {
+        .map(|((name, _), (b, a))| {
             let d = a.zip(*b).map(|(a, b)| a - b);
-            (name.trim_start_matches("miteos_").to_owned(), json!(d))
+            ((*name).to_owned(), json!(d))
         })
         .collect();
     let o = Outcome { o: &o, ramp, disconnect, open_before, offsets: &offsets, began, storm };
@@ -301,6 +307,13 @@ impl Outcome<'_> {
             format!("per client from reconnect: auth p50 {} µs p99 {} µs; caught up p50 {} µs p99 {} µs; live p99 {} µs", auth_lat["p50_us"], auth_lat["p99_us"], caught_lat["p50_us"], caught_lat["p99_us"], live_lat["p99_us"]),
             format!("{} observers: latency during the storm p50 {} µs p99 {} µs ({} samples), after p50 {} µs p99 {} µs; holes {}, duplicates {}", observed.len(), obs_storm["p50_us"], obs_storm["p99_us"], obs_storm["samples"], obs_after["p50_us"], obs_after["p99_us"], obs_sum(|w| w.order.holes), obs_sum(|w| w.order.duplicates)),
         ];
+        let d = |k: &str| server[k].as_f64().map_or("-".into(), |v| v.to_string());
+        lines.push(format!(
+            "server: resumes recovered {}, unrecovered {}, failed {}; broker reads head {} (+{} shared), history {} (+{} shared)",
+            d("resumes_recovered_total"), d("resumes_unrecovered_total"), d("resumes_failed_total"),
+            d("broker_head_reads_total"), d("broker_head_reads_shared_total"),
+            d("broker_history_reads_total"), d("broker_history_reads_shared_total"),
+        ));
         if let Some(c) = cpu {
             lines.push(format!(
                 "server CPU {c:.2} s during the {:.2} s storm",

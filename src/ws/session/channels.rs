@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::Session;
+use super::{resume::JoinError, Session};
 use crate::{
     broker::{BrokerError, Position},
     hub::Grant,
@@ -83,7 +83,8 @@ impl Session {
             }
         };
         let reply = |positions| ServerMessage::Subscribed { channels: topics.clone(), positions };
-        if self.join_all(&topics, filter, resume, reply).await.is_err() {
+        // After a failed history read the stream is closing with 1013 (see `join_all`).
+        if let Err(JoinError::Broker(_)) = self.join_all(&topics, filter, resume, reply).await {
             self.send(ServerMessage::error(
                 "broker_unavailable",
                 "the event broker is unavailable; retry later",

@@ -3,6 +3,12 @@
 //! a position that history still covers, the missed events follow, in order, before any
 //! live event of it (those wait in the held outbox: all have higher offsets).
 //!
+//! A broker error is never answered as `recovered: false` (that tells the client its events
+//! are gone): a failed head read leaves the channel unjoined (the caller answers 1013 or
+//! `broker_unavailable`); a failed history read, after the channel was joined, closes the
+//! stream with 1013 at once (the client resumes again). Either counts `resumes_failed`. A
+//! resume position this node has already reached on the channel needs no head read.
+//!
 //! May use: the parent module, hub, broker (history reads), outbox, protocol, scope.
 
 use std::{collections::BTreeMap, sync::Arc};
@@ -17,6 +23,17 @@ use crate::{
     scope::Topic,
 };
 
+/// Why joining failed.
+#[derive(Debug)]
+pub(super) enum JoinError {
+    /// Before the channel was joined (its head or its broker subscription): nothing changed
+    /// for it.
+    Broker(BrokerError),
+    /// A resumed channel's history read failed after it was joined: the stream is closing
+    /// with 1013 (nothing after the failed channel was sent or joined).
+    Resume(BrokerError),
+}
+
 /// What joining found for one channel: its position and the missed events to send.
 struct Joined {
     topic: Topic,
@@ -28,19 +45,29 @@ struct Joined {
 impl Session {
     /// Joins `topics` and answers with `reply(positions)` (queued first), then the missed
     /// events of resumed channels, then the live ones. On a broker error the channels joined
-    /// so far stay joined and the error is returned (nothing else is sent).
+    /// so far stay joined and the error is returned (nothing else is sent; after a failed
+    /// history read the stream is asked to close first, so nothing held is sent either).
     pub(super) async fn join_all(
         &mut self,
         topics: &[Topic],
         filter: Option<Arc<EventFilter>>,
         resume: Option<&Resume>,
         reply: impl FnOnce(Option<Positions>) -> crate::protocol::ServerMessage,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<(), JoinError> {
         self.outbox.hold();
         let joined = self.join_each(topics, filter.clone(), resume).await;
         let joined = match joined {
             Ok(j) => j,
             Err(e) => {
+                match &e {
+                    JoinError::Broker(err) => tracing::debug!(error = %err, "join failed"),
+                    JoinError::Resume(err) => {
+                        tracing::debug!(error = %err, "history read for a resume failed");
+                        // Live events of the joined channel may be held: none may go out
+                        // without its missed ones before them (SPEC §7).
+                        self.outbox.close(CloseCode::TryAgainLater);
+                    }
+                }
                 self.outbox.release();
                 return Err(e);
             }
@@ -80,19 +107,30 @@ impl Session {
         topics: &[Topic],
         filter: Option<Arc<EventFilter>>,
         resume: Option<&Resume>,
-    ) -> Result<Vec<Joined>, BrokerError> {
+    ) -> Result<Vec<Joined>, JoinError> {
         let mut joined = Vec::with_capacity(topics.len());
+        let metrics = self.state.metrics.clone();
+        let failed = |e| {
+            metrics.resumes_failed.inc();
+            e
+        };
         for &topic in topics {
             let fresh = !self.reg.topics.contains(topic);
             let from = resume.and_then(|r| r.get(topic.as_str())).filter(|_| fresh);
             let seen = match from {
-                Some(from) => self.seen_at(topic, from).await?,
+                Some(from) => {
+                    self.seen_at(topic, from).await.map_err(|e| failed(JoinError::Broker(e)))?
+                }
                 None => None,
             };
-            let (position, _) = self.join(topic, filter.clone(), seen).await?;
+            let (position, _) =
+                self.join(topic, filter.clone(), seen).await.map_err(JoinError::Broker)?;
             let Some(position) = position else { continue };
             let (recovered, missed) = match from {
-                Some(from) => self.missed_since(topic, from, &position).await,
+                Some(from) => self
+                    .missed_since(topic, from, &position)
+                    .await
+                    .map_err(|e| failed(JoinError::Resume(e)))?,
                 None => (None, Vec::new()),
             };
             match recovered {
@@ -110,47 +148,52 @@ impl Session {
     }
 
     /// The resume position as one the channel really reached (checked against its head), so
-    /// that a node behind it neither resends nor refuses what the client saw elsewhere.
+    /// that a node behind it neither resends nor refuses what the client saw elsewhere. A
+    /// position at or below the one this node reached on the channel is real without asking
+    /// the broker (and `Hub::subscribe` makes no use of a `seen` it is not behind).
     async fn seen_at(
         &self,
         topic: Topic,
         from: &ResumeFrom,
     ) -> Result<Option<Position>, BrokerError> {
-        let head = self.state.hub.broker().head(&self.reg.key(topic)).await?;
+        let key = self.reg.key(topic);
+        if let Some(here) = self.state.hub.position(&key) {
+            if *here.epoch == *from.epoch && from.offset <= here.offset {
+                return Ok(Some(Position::new(from.offset, here.epoch)));
+            }
+        }
+        let head = self.state.hub.broker().head(&key).await?;
         Ok(head
             .filter(|h| *h.epoch == *from.epoch && from.offset <= h.offset)
             .map(|h| Position::new(from.offset, h.epoch)))
     }
 
     /// The events after `from` up to `to`, if history still has every one of them in the
-    /// same epoch (`recovered: true`); else nothing (`false`): never a partial fill.
+    /// same epoch (`recovered: true`); else nothing (`false`): never a partial fill. A
+    /// failed read is an error, not `false`: history may well have every event.
     async fn missed_since(
         &self,
         topic: Topic,
         from: &ResumeFrom,
         to: &Position,
-    ) -> (Option<bool>, Vec<Arc<Event>>) {
+    ) -> Result<(Option<bool>, Vec<Arc<Event>>), BrokerError> {
         let window = self.state.config.history_size as u64;
         if from.epoch != *to.epoch || from.offset > to.offset || to.offset - from.offset > window {
-            return (Some(false), Vec::new());
+            return Ok((Some(false), Vec::new()));
         }
         if from.offset == to.offset {
-            return (Some(true), Vec::new());
+            return Ok((Some(true), Vec::new()));
         }
         let want = usize::try_from(to.offset - from.offset).unwrap_or(usize::MAX);
         let key = self.reg.key(topic);
-        let page = match self.state.hub.broker().history(&key, Some(from.offset), want).await {
-            Ok(Some(page)) if page.head.epoch == to.epoch && page.covers(from.offset) => page,
-            _ => return (Some(false), Vec::new()),
+        let page = match self.state.hub.broker().history(&key, Some(from.offset), want).await? {
+            Some(page) if page.head.epoch == to.epoch && page.covers(from.offset) => page,
+            _ => return Ok((Some(false), Vec::new())),
         };
         let missed: Vec<Arc<Event>> =
             page.events.into_iter().filter(|e| e.offset <= Some(to.offset)).collect();
         let complete = missed.len() == want
             && missed.iter().zip(from.offset + 1..).all(|(e, o)| e.offset == Some(o));
-        if complete {
-            (Some(true), missed)
-        } else {
-            (Some(false), Vec::new())
-        }
+        Ok(if complete { (Some(true), missed) } else { (Some(false), Vec::new()) })
     }
 }
