@@ -196,6 +196,8 @@ async fn resume_recovers_every_missed_event_in_order_then_goes_live() {
     // Every resumer's channels were recovered (the bootstrap key reads every topic).
     assert!(u(&r, "results.server.resumes_recovered_total") >= 50, "{r}");
     assert_eq!(u(&r, "results.server.resumes_unrecovered_total"), 0, "{r}");
+    assert_eq!(u(&r, "results.server.resumes_failed_total"), 0, "{r}");
+    assert_eq!(u(&r, "results.server.broker_head_reads_total"), 0, "observers hold every channel");
     assert!(u(&r, "results.observers.latency_storm.samples") > 0, "{r}");
     assert!(u(&r, "results.observers.latency_after.samples") > 0, "{r}");
 }
