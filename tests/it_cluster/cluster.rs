@@ -333,3 +333,14 @@ async fn a_replica_promoted_behind_its_master_starts_a_new_epoch_instead_of_repe
     assert_eq!(ok["positions"]["tasks"]["recovered"], false, "{ok}");
     a.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_binary_and_its_cli_work_on_a_cluster() {
+    let cluster = RedisCluster::start_with(3, 0).await;
+    crate::support::bin::cli_keys_publish_revoke(
+        "--redis-cluster",
+        "MITEOS_REDIS_CLUSTER",
+        &cluster.seeds(),
+    )
+    .await;
+}

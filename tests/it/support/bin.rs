@@ -135,3 +135,83 @@ impl Served {
         status.code().unwrap_or(-1)
     }
 }
+
+/// The binary on Redis (`flag` `--redis-url` or `--redis-cluster`, `env` its variable): the
+/// CLI creates a key, a running node serves it, the CLI publishes (the subscriber gets the
+/// offset it answered) and revokes (the node closes the stream 4003); no secret in its output.
+pub async fn cli_keys_publish_revoke(flag: &str, env: &str, url: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut served = Served::start(dir.path(), &[(env, url)]).await;
+    let other_dir = tempfile::tempdir().unwrap(); // the CLI needs no data dir of the server's
+    let (code, out, err) = run(
+        other_dir.path(),
+        &[
+            flag,
+            url,
+            "keys",
+            "create",
+            "--account",
+            "acct_b",
+            "--env",
+            "live",
+            "--name",
+            "n",
+            "--scopes",
+            "tasks.read",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (token, id) =
+        (created["key"].as_str().unwrap().to_owned(), created["id"].as_str().unwrap().to_owned());
+    // Wait until the node has connected to Redis (a readiness probe).
+    let mut http = crate::support::http::HttpClient::connect(served.addr).await;
+    let mut ready = false;
+    for _ in 0..500 {
+        if http.get("/readyz", None).await.status == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(ready, "the node never became ready:\n{}", served.output());
+    let (mut c, _) = crate::support::WsClient::authed(
+        &format!("ws://{}/v1/ws?token={token}", served.addr),
+        &token,
+    )
+    .await;
+    let (code, out, err) = run(
+        other_dir.path(),
+        &[
+            flag,
+            url,
+            "publish",
+            "--account",
+            "acct_b",
+            "--env",
+            "live",
+            "--channel",
+            "tasks",
+            "--event",
+            "task.cli",
+            "--data",
+            "{}",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    // One JSON line with the event's position (SPEC §5), the offset the subscriber sees.
+    let answer: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    assert_eq!((answer["channel"].as_str(), answer["offset"].as_u64()), (Some("tasks"), Some(1)));
+    assert!(answer["epoch"].as_str().is_some_and(|e| !e.is_empty()), "{out}");
+    let e = c.recv().await;
+    assert_eq!((e["event"].as_str(), e["offset"].as_u64()), (Some("task.cli"), Some(1)));
+    assert_eq!(e["id"], answer["id"]);
+    let (code, _, err) = run(other_dir.path(), &[flag, url, "keys", "revoke", &id]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(c.expect_close().await, 4003, "a CLI revocation reaches the running node");
+    served.signal_term();
+    assert_eq!(served.wait().await, 0);
+    assert!(!served.output().contains(&token));
+}
