@@ -113,12 +113,8 @@ async fn revoked_and_expired_keys_cannot_be_updated() {
     let s = TestServer::start().await;
     let boot = s.bootstrap.clone();
     let (_, revoked) = s.key("acct_local", Environment::Test, &[TasksRead]).await;
-    let req = hyper::Request::delete(format!("/v1/api-keys/{revoked}"))
-        .header("host", "x")
-        .header("authorization", format!("Bearer {boot}"))
-        .body(Default::default())
-        .unwrap();
-    assert_eq!(s.http().await.send(req).await.status, 200);
+    let del = s.http().await.delete(&format!("/v1/api-keys/{revoked}"), Some(&boot)).await;
+    assert_eq!(del.status, 200);
     let r = patch(&s, &boot, &revoked, json!({"name": "back"})).await;
     assert_eq!(outcome(&r), (400, json!("key_revoked"), json!("id")));
 

@@ -59,12 +59,8 @@ async fn revocation_on_one_node_closes_streams_on_the_other_within_a_second() {
     let (mut on_b, _) = WsClient::authed(&b.ws_url(&token), &token).await;
     // B has the key in its cache now; revocation must evict it there too.
     let started = Instant::now();
-    let req = hyper::Request::delete(format!("/v1/api-keys/{id}"))
-        .header("host", "x")
-        .header("authorization", format!("Bearer {token}"))
-        .body(Default::default())
-        .unwrap();
-    assert_eq!(a.http().await.send(req).await.status, 200);
+    let revoked = a.http().await.delete(&format!("/v1/api-keys/{id}"), Some(&token)).await;
+    assert_eq!(revoked.status, 200);
     assert_eq!(on_b.expect_close().await, 4003);
     let took = started.elapsed();
     assert!(took < Duration::from_secs(1), "closed on the other node after {took:?}");

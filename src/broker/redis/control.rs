@@ -127,17 +127,12 @@ async fn connect_control(
 ) -> Result<(PubSubSink, redis::aio::PubSubStream), BrokerError> {
     // In a cluster, on the master owning the control channel's slot: the one its PUBLISHes
     // are routed to, so their receiver count is every node (acknowledgements, above).
-    let owner = match inner.link.is_cluster() {
-        true => {
-            let mut conn = inner.link.conn().await.map_err(unavailable)?;
-            let map = tokio::time::timeout(COMMAND_TIMEOUT, SlotMap::read(&mut conn))
-                .await
-                .map_err(unavailable)?
-                .map_err(unavailable)?;
-            let owner = map.owner(slot_of(CONTROL_CHANNEL)).map(str::to_owned);
-            Some(owner.ok_or_else(|| unavailable("no master serves the control channel"))?)
-        }
-        false => None,
+    let owner = if inner.link.is_cluster() {
+        let map = SlotMap::fetch(&inner.link).await?;
+        let owner = map.owner(slot_of(CONTROL_CHANNEL)).map(str::to_owned);
+        Some(owner.ok_or_else(|| unavailable("no master serves the control channel"))?)
+    } else {
+        None
     };
     let (mut sink, stream) = open(inner, owner.as_deref()).await?;
     tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(CONTROL_CHANNEL))

@@ -123,13 +123,7 @@ impl RedisBroker {
             settings;
         let (queue, queued) = tokio::sync::mpsc::unbounded_channel();
         let cluster = link.is_cluster();
-        let (shards, link_events) = match cluster {
-            true => {
-                let (shards, events) = sharded::Shards::new();
-                (Some(shards), Some(events))
-            }
-            false => (None, None),
-        };
+        let (shards, link_events) = cluster.then(sharded::Shards::new).unzip();
         let inner = Arc::new(Inner {
             link,
             handler,

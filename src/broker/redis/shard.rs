@@ -12,7 +12,6 @@
 use std::{
     collections::VecDeque,
     sync::{Arc, Weak},
-    time::Duration,
 };
 
 use combine::{parser::combinator::AnySendSyncPartialState, stream::PointerOffset};
@@ -261,6 +260,3 @@ async fn read_loop(
         }
     }
 }
-
-/// How long the manager waits between attempts to place channels again.
-pub(super) const RETRY_EVERY: Duration = Duration::from_millis(200);

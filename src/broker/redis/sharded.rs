@@ -21,13 +21,15 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use super::{
-    shard::{LinkEvent, ShardLink, RETRY_EVERY},
+    shard::{LinkEvent, ShardLink},
     topology::{slot_of, SlotMap},
-    unavailable, BrokerError, Inner, Queued, COMMAND_TIMEOUT,
+    unavailable, BrokerError, Inner, Queued,
 };
 
 /// How often a subscribe retries after a MOVED or a lost link before it fails.
 const ATTEMPTS: usize = 3;
+/// How long the manager waits between attempts to place channels again.
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 pub(super) struct Shards {
     map: Mutex<SlotMap>,
@@ -58,7 +60,7 @@ impl Shards {
     pub async fn subscribe(&self, inner: &Arc<Inner>, channel: &str) -> Result<(), BrokerError> {
         let mut last = String::new();
         for attempt in 0..ATTEMPTS {
-            if attempt > 0 || self.map.lock().owner(0).is_none() {
+            if attempt > 0 || !self.map.lock().is_complete() {
                 self.refresh(inner).await?;
             }
             let link = self.link_for(inner, channel)?;
@@ -92,12 +94,7 @@ impl Shards {
 
     /// Reads the slot map (through the cluster command connection).
     async fn refresh(&self, inner: &Inner) -> Result<(), BrokerError> {
-        let mut conn = inner.link.conn().await.map_err(unavailable)?;
-        let map = tokio::time::timeout(COMMAND_TIMEOUT, SlotMap::read(&mut conn))
-            .await
-            .map_err(unavailable)?
-            .map_err(unavailable)?;
-        *self.map.lock() = map;
+        *self.map.lock() = SlotMap::fetch(&inner.link).await?;
         Ok(())
     }
 

@@ -1,11 +1,13 @@
 //! Which master of a Redis Cluster owns a channel: the slot of a name (CRC16 of its hash tag,
 //! as Redis computes it) and the slot map read with `CLUSTER SLOTS`.
 //!
-//! May use: redis, redis_link, crc16.  Never: hold a connection.
+//! May use: the parent module (errors, timeout), redis, redis_link, crc16.
+//! Never: hold a connection.
 
 use redis::Value;
 
-use crate::redis_link::Conn;
+use super::{unavailable, BrokerError, COMMAND_TIMEOUT};
+use crate::redis_link::{Conn, RedisLink};
 
 /// Slots in a Redis Cluster.
 const SLOTS: u16 = 16384;
@@ -27,8 +29,18 @@ pub fn slot_of(name: &str) -> u16 {
 pub struct SlotMap(Vec<(u16, u16, String)>);
 
 impl SlotMap {
+    /// Reads the map through the node's cluster command connection (within
+    /// `COMMAND_TIMEOUT`).
+    pub async fn fetch(link: &RedisLink) -> Result<Self, BrokerError> {
+        let mut conn = link.conn().await.map_err(unavailable)?;
+        tokio::time::timeout(COMMAND_TIMEOUT, Self::read(&mut conn))
+            .await
+            .map_err(unavailable)?
+            .map_err(unavailable)
+    }
+
     /// Reads the map with `CLUSTER SLOTS`.
-    pub async fn read(conn: &mut Conn) -> redis::RedisResult<Self> {
+    async fn read(conn: &mut Conn) -> redis::RedisResult<Self> {
         let value: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
         Self::parse(value).ok_or_else(|| {
             redis::RedisError::from((redis::ErrorKind::Parse, "unexpected CLUSTER SLOTS reply"))

@@ -38,13 +38,47 @@ pub async fn node_conn(port: u16) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url(port)).unwrap().get_multiplexed_async_connection().await.unwrap()
 }
 
+/// `INFO section` of one node, or for "cluster" its `CLUSTER INFO`; empty while it does not
+/// answer (starting, or killed).
 async fn info(port: u16, section: &str) -> String {
     let Ok(client) = redis::Client::open(url(port)) else { return String::new() };
     let Ok(mut c) = client.get_multiplexed_async_connection().await else { return String::new() };
-    let cmd = if section == "cluster" { redis::cmd("CLUSTER") } else { redis::cmd("INFO") };
-    let mut cmd = cmd;
+    let mut cmd = if section == "cluster" { redis::cmd("CLUSTER") } else { redis::cmd("INFO") };
     cmd.arg(if section == "cluster" { "INFO" } else { section });
     cmd.query_async::<String>(&mut c).await.unwrap_or_default()
+}
+
+async fn node_id(port: u16) -> String {
+    redis::cmd("CLUSTER").arg("MYID").query_async(&mut node_conn(port).await).await.unwrap()
+}
+
+/// `CLUSTER SETSLOT slot how node` on the node at `port`.
+async fn setslot(port: u16, slot: u16, how: &str, node: &str) {
+    let mut setslot = redis::cmd("CLUSTER");
+    setslot.arg("SETSLOT").arg(slot).arg(how).arg(node);
+    setslot.query_async::<()>(&mut node_conn(port).await).await.unwrap()
+}
+
+/// `(first, last, master port)` of every slot range, as the node at `port` sees them, sorted.
+async fn slots_seen_by(port: u16) -> Vec<(u16, u16, u16)> {
+    let v: Value =
+        redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut node_conn(port).await).await.unwrap();
+    let Value::Array(ranges) = v else { panic!("CLUSTER SLOTS: {v:?}") };
+    let mut map: Vec<(u16, u16, u16)> = ranges
+        .into_iter()
+        .map(|r| match r {
+            Value::Array(f) => match (&f[0], &f[1], &f[2]) {
+                (Value::Int(a), Value::Int(b), Value::Array(m)) => match m[1] {
+                    Value::Int(p) => (*a as u16, *b as u16, p as u16),
+                    _ => panic!("{m:?}"),
+                },
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    map.sort();
+    map
 }
 
 impl RedisCluster {
@@ -102,28 +136,7 @@ impl RedisCluster {
 
     /// `(first, last, master port)` of every slot range, from a live node.
     pub async fn slot_map(&self) -> Vec<(u16, u16, u16)> {
-        let port = self.ports()[0];
-        let v: Value = redis::cmd("CLUSTER")
-            .arg("SLOTS")
-            .query_async(&mut node_conn(port).await)
-            .await
-            .unwrap();
-        let Value::Array(ranges) = v else { panic!("CLUSTER SLOTS: {v:?}") };
-        let mut map: Vec<(u16, u16, u16)> = ranges
-            .into_iter()
-            .map(|r| match r {
-                Value::Array(f) => match (&f[0], &f[1], &f[2]) {
-                    (Value::Int(a), Value::Int(b), Value::Array(m)) => match m[1] {
-                        Value::Int(p) => (*a as u16, *b as u16, p as u16),
-                        _ => panic!("{m:?}"),
-                    },
-                    other => panic!("{other:?}"),
-                },
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        map.sort();
-        map
+        slots_seen_by(self.ports()[0]).await
     }
 
     pub async fn slot_of(&self, key: &str) -> u16 {
@@ -196,27 +209,10 @@ impl RedisCluster {
     pub async fn migrate_slot(&self, slot: u16, to: u16) {
         let from = self.master_of_slot(slot).await;
         assert_ne!(from, to);
-        let (mut src, mut dst) = (node_conn(from).await, node_conn(to).await);
-        let id = |c: &mut redis::aio::MultiplexedConnection| {
-            let mut c = c.clone();
-            async move { redis::cmd("CLUSTER").arg("MYID").query_async::<String>(&mut c).await.unwrap() }
-        };
-        let (src_id, dst_id) = (id(&mut src).await, id(&mut dst).await);
-        let setslot = |c: &mut redis::aio::MultiplexedConnection, how: &str, node: &str| {
-            let (mut c, how, node) = (c.clone(), how.to_owned(), node.to_owned());
-            async move {
-                redis::cmd("CLUSTER")
-                    .arg("SETSLOT")
-                    .arg(slot)
-                    .arg(how)
-                    .arg(node)
-                    .query_async::<()>(&mut c)
-                    .await
-                    .unwrap()
-            }
-        };
-        setslot(&mut dst, "IMPORTING", &src_id).await;
-        setslot(&mut src, "MIGRATING", &dst_id).await;
+        let mut src = node_conn(from).await;
+        let (src_id, dst_id) = (node_id(from).await, node_id(to).await);
+        setslot(to, slot, "IMPORTING", &src_id).await;
+        setslot(from, slot, "MIGRATING", &dst_id).await;
         loop {
             let keys: Vec<String> = redis::cmd("CLUSTER")
                 .arg("GETKEYSINSLOT")
@@ -241,7 +237,7 @@ impl RedisCluster {
                 .unwrap();
         }
         for port in self.masters().await {
-            setslot(&mut node_conn(port).await, "NODE", &dst_id).await;
+            setslot(port, slot, "NODE", &dst_id).await;
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.master_of_slot(slot).await != to {
@@ -273,12 +269,7 @@ impl RedisCluster {
             if self.all_ok(&ports).await {
                 let mut maps = Vec::new();
                 for p in &ports {
-                    let v: Value = redis::cmd("CLUSTER")
-                        .arg("SLOTS")
-                        .query_async(&mut node_conn(*p).await)
-                        .await
-                        .unwrap();
-                    maps.push(format!("{:?}", sorted(v)));
+                    maps.push(slots_seen_by(*p).await);
                 }
                 if maps.windows(2).all(|w| w[0] == w[1]) {
                     return;
@@ -288,23 +279,6 @@ impl RedisCluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-}
-
-/// CLUSTER SLOTS with its ranges sorted and replicas dropped (their order varies by node).
-fn sorted(v: Value) -> Vec<(i64, i64, String)> {
-    let Value::Array(ranges) = v else { return Vec::new() };
-    let mut out: Vec<(i64, i64, String)> = ranges
-        .into_iter()
-        .filter_map(|r| match r {
-            Value::Array(f) => match (&f[0], &f[1], &f[2]) {
-                (Value::Int(a), Value::Int(b), m) => Some((*a, *b, format!("{m:?}"))),
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 impl RedisCluster {

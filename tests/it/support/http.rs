@@ -66,6 +66,15 @@ impl HttpClient {
         self.send(b.body(Full::default()).unwrap()).await
     }
 
+    /// `DELETE path` (revoking a key).
+    pub async fn delete(&mut self, path: &str, bearer: Option<&str>) -> HttpResponse {
+        let mut b = Request::delete(path).header("host", &self.host);
+        if let Some(t) = bearer {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        self.send(b.body(Full::default()).unwrap()).await
+    }
+
     pub async fn post_json(
         &mut self,
         path: &str,
