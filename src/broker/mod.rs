@@ -109,6 +109,9 @@ pub trait Deliver: Send + Sync + 'static {
 pub enum BrokerError {
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// Not ready (`ping`), for a reason worded for a public answer (`/readyz`): no address.
+    #[error("broker not ready: {0}")]
+    NotReady(String),
     #[error("invalid event: {0}")]
     InvalidEvent(#[from] DecodeError),
 }

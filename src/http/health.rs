@@ -10,7 +10,7 @@ use hyper::{header, Response, StatusCode};
 use serde_json::json;
 
 use super::body;
-use crate::state::AppState;
+use crate::{broker::BrokerError, state::AppState};
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -24,6 +24,12 @@ pub async fn readyz(state: &AppState) -> Response<Full<Bytes>> {
         tokio::time::timeout(CHECK_TIMEOUT, state.keys.store().ping()),
     );
     let broker_ok = matches!(broker, Ok(Ok(())));
+    // A not-ready broker says why in public words (which slots wait, never an address).
+    let broker_why = match broker {
+        Ok(Err(BrokerError::NotReady(why))) => format!("broker unavailable: {why}"),
+        Err(_) => format!("broker unavailable: no answer within {}s", CHECK_TIMEOUT.as_secs()),
+        _ => "broker unavailable".to_owned(),
+    };
     let store_ok = matches!(store, Ok(Ok(())));
     if state.shutdown.token.is_cancelled() {
         return body::json(
@@ -35,9 +41,9 @@ pub async fn readyz(state: &AppState) -> Response<Full<Bytes>> {
         return body::json(StatusCode::OK, &json!({"status": "ready"}));
     }
     let reason = match (broker_ok, store_ok) {
-        (false, false) => "broker and key store unavailable",
-        (false, true) => "broker unavailable",
-        _ => "key store unavailable",
+        (false, false) => format!("{broker_why}; key store unavailable"),
+        (false, true) => broker_why,
+        _ => "key store unavailable".to_owned(),
     };
     body::json(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "unavailable", "reason": reason}))
 }

@@ -122,6 +122,8 @@ async fn publish(
             Ok(body::json(StatusCode::OK, &answer))
         }
         Err(BrokerError::InvalidEvent(e)) => Err(ApiError::invalid_param("data", e.to_string())),
-        Err(BrokerError::Unavailable(_)) => Err(ApiError::broker_unavailable()),
+        Err(BrokerError::Unavailable(_) | BrokerError::NotReady(_)) => {
+            Err(ApiError::broker_unavailable())
+        }
     }
 }

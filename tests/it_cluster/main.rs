@@ -11,6 +11,7 @@ pub const CLUSTER_MODE: bool = true;
 mod support;
 
 mod cluster;
+mod readiness;
 
 // The suites of tests/it_redis, each node on its own cluster.
 #[path = "../it/api_keys.rs"]

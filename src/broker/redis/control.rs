@@ -87,7 +87,7 @@ pub(super) async fn supervise(weak: Weak<Inner>) {
         match connect_control(&inner).await {
             Ok((mut sink, mut stream)) => {
                 failures = 0;
-                inner.control_ready.store(true, Ordering::SeqCst);
+                inner.readiness.set_control(true);
                 inner.control_up.notify_waiters();
                 inner.deliver(Delivery::ControlGap);
                 let mut health = tokio::time::interval(CONTROL_HEALTH_EVERY);
@@ -106,7 +106,7 @@ pub(super) async fn supervise(weak: Weak<Inner>) {
                         }
                     }
                 }
-                inner.control_ready.store(false, Ordering::SeqCst);
+                inner.readiness.set_control(false);
                 inner.deliver(Delivery::ControlLost);
                 tracing::warn!("lost the redis control connection; reconnecting");
             }
@@ -265,7 +265,7 @@ async fn wait_control_up(inner: &Inner) {
             let up = inner.control_up.notified();
             tokio::pin!(up);
             up.as_mut().enable();
-            if inner.control_ready.load(Ordering::SeqCst) {
+            if inner.readiness.control() {
                 return;
             }
             up.await;

@@ -24,7 +24,7 @@
 use std::{
     collections::HashSet,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
         Arc, Weak,
     },
     time::{Duration, Instant},
@@ -38,6 +38,7 @@ use redis::aio::PubSubSink;
 mod control;
 mod history;
 mod ingress;
+mod readiness;
 mod shard;
 mod sharded;
 mod topology;
@@ -90,9 +91,8 @@ struct Inner {
     desired: Mutex<HashSet<String>>,
     /// The live event connection's subscribe handle; `None` while disconnected.
     sink: Mutex<Option<PubSubSink>>,
-    /// Whether the event connection and the control connection are up.
-    ready: AtomicBool,
-    control_ready: AtomicBool,
+    /// Whether the event side and the control connection are up, and why not.
+    readiness: readiness::Readiness,
     /// Notified when the control connection comes up.
     control_up: tokio::sync::Notify,
     /// Confirmed control publishes waiting for acknowledgements.
@@ -134,8 +134,7 @@ impl RedisBroker {
             install_library: settings.install_library,
             desired: Mutex::new(HashSet::new()),
             sink: Mutex::new(None),
-            ready: AtomicBool::new(false),
-            control_ready: AtomicBool::new(false),
+            readiness: readiness::Readiness::new(cluster),
             control_up: tokio::sync::Notify::new(),
             acks: control::Acks::default(),
             queue,
@@ -183,7 +182,7 @@ async fn supervise(weak: Weak<Inner>) {
         match connect(&inner).await {
             Ok(stream) => {
                 failures = 0;
-                inner.ready.store(true, Ordering::SeqCst);
+                inner.readiness.events_up();
                 if connected_before {
                     tracing::info!(
                         "reconnected to redis; events published during the outage were lost"
@@ -194,7 +193,7 @@ async fn supervise(weak: Weak<Inner>) {
                 }
                 connected_before = true;
                 ingress::read(&inner, stream).await;
-                inner.ready.store(false, Ordering::SeqCst);
+                inner.readiness.events_down("lost the redis connection; reconnecting".into());
                 *inner.sink.lock() = None;
                 tracing::warn!("lost the redis subscription connection; reconnecting");
             }
@@ -363,15 +362,15 @@ impl Broker for RedisBroker {
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {
-        if !self.ready() {
-            return Err(BrokerError::Unavailable("not connected to redis".into()));
+        if let Some(why) = self.inner.readiness.reason() {
+            return Err(BrokerError::NotReady(why));
         }
         let mut conn = self.inner.link.conn().await.map_err(unavailable)?;
         redis::cmd("PING").query_async::<String>(&mut conn).await.map(|_| ()).map_err(unavailable)
     }
 
     fn ready(&self) -> bool {
-        self.inner.ready.load(Ordering::SeqCst) && self.inner.control_ready.load(Ordering::SeqCst)
+        self.inner.readiness.is_ready()
     }
 }
 

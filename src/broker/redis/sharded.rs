@@ -121,6 +121,19 @@ impl Shards {
         Ok(link)
     }
 
+    /// Why `event` makes the node unready, for `/readyz`: the slots, never the address.
+    fn why(&self, event: &LinkEvent) -> String {
+        match event {
+            LinkEvent::Lost(addr, _) => match self.map.lock().slots_of(addr) {
+                slots if slots.is_empty() => "re-placing channels of a lost shard".to_owned(),
+                slots => format!("cannot reach the shard serving slots {slots}"),
+            },
+            LinkEvent::Moved(channel) => {
+                format!("slot {} moved; subscribing it on its new master", slot_of(channel))
+            }
+        }
+    }
+
     /// Channels that lost their subscription: on a lost link, those placed on it.
     fn orphans(&self, event: &LinkEvent) -> Vec<String> {
         match event {
@@ -153,21 +166,30 @@ pub(super) async fn supervise(weak: Weak<Inner>, mut events: mpsc::UnboundedRece
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let Some(shards) = inner.shards.as_ref() else { return };
-        let complete = shards.refresh(&inner).await.is_ok() && shards.map.lock().is_complete();
-        if complete && super::load_library(&inner).await.is_ok() {
-            inner.ready.store(true, Ordering::SeqCst);
-            tracing::info!("connected to the redis cluster");
-            break;
-        }
+        let why = match shards.refresh(&inner).await {
+            Err(_) => "cannot read the redis cluster's slot map",
+            Ok(()) if !shards.map.lock().is_complete() => "the redis cluster has unserved slots",
+            Ok(()) => match super::load_library(&inner).await {
+                Ok(()) => {
+                    inner.readiness.events_up();
+                    tracing::info!("connected to the redis cluster");
+                    break;
+                }
+                Err(_) => "cannot load the function library on the redis cluster",
+            },
+        };
+        inner.readiness.events_down(why.to_owned());
         drop(inner);
         tokio::time::sleep(RETRY_EVERY).await;
     }
     while let Some(event) = events.recv().await {
         let Some(inner) = weak.upgrade() else { return };
         let Some(shards) = inner.shards.as_ref() else { return };
+        let mut why = vec![shards.why(&event)];
         let mut waiting = shards.orphans(&event);
         // More losses at once (a master died with many channels): take them all now.
         while let Ok(more) = events.try_recv() {
+            why.push(shards.why(&more));
             waiting.extend(shards.orphans(&more));
         }
         waiting.retain(|c| inner.desired.lock().contains(c));
@@ -175,7 +197,9 @@ pub(super) async fn supervise(weak: Weak<Inner>, mut events: mpsc::UnboundedRece
             continue;
         }
         tracing::warn!(channels = waiting.len(), ?event, "re-placing shard subscriptions");
-        inner.ready.store(false, Ordering::SeqCst);
+        why.sort();
+        why.dedup();
+        inner.readiness.events_down(why.join("; "));
         while !waiting.is_empty() {
             let mut failed = Vec::new();
             for channel in waiting {
@@ -198,7 +222,7 @@ pub(super) async fn supervise(weak: Weak<Inner>, mut events: mpsc::UnboundedRece
         while super::load_library(&inner).await.is_err() {
             tokio::time::sleep(RETRY_EVERY).await;
         }
-        inner.ready.store(true, Ordering::SeqCst);
+        inner.readiness.events_up();
         tracing::info!("shard subscriptions placed again; repairing the gap from history");
         let _ = inner.queue.send(Queued::Gap);
     }

@@ -75,6 +75,17 @@ impl SlotMap {
         self.0.get(i).filter(|(first, _, _)| *first <= slot).map(|(_, _, a)| a.as_str())
     }
 
+    /// The slot ranges `addr` serves, as `0-5460` or `0-99,200-300` (empty if none).
+    pub fn slots_of(&self, addr: &str) -> String {
+        let ranges: Vec<String> = self
+            .0
+            .iter()
+            .filter(|(_, _, a)| a == addr)
+            .map(|(first, last, _)| format!("{first}-{last}"))
+            .collect();
+        ranges.join(",")
+    }
+
     /// Whether every slot has a master.
     pub fn is_complete(&self) -> bool {
         let mut next = 0u32;
@@ -128,10 +139,14 @@ mod tests {
         assert_eq!(map.owner(5460), Some("127.0.0.1:7000"));
         assert_eq!(map.owner(5461), Some("127.0.0.1:7001"));
         assert_eq!(map.owner(16383), Some("127.0.0.1:7002"));
+        assert_eq!(map.slots_of("127.0.0.1:7001"), "5461-10922");
+        assert_eq!(map.slots_of("127.0.0.1:7009"), "");
         let holed = SlotMap::parse(Value::Array(vec![range(0, 99, 7000), range(200, 16383, 7001)]))
             .unwrap();
         assert!(!holed.is_complete());
         assert_eq!(holed.owner(150), None);
+        let split = SlotMap::parse(Value::Array(vec![range(0, 99, 7000), range(200, 300, 7000)]));
+        assert_eq!(split.unwrap().slots_of("127.0.0.1:7000"), "0-99,200-300");
         assert!(SlotMap::parse(Value::Int(1)).is_none());
     }
 }

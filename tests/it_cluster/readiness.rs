@@ -1,0 +1,69 @@
+//! `/readyz` on a cluster (SPEC §9): 503 only while the node cannot reach a shard it needs,
+//! with a reason that names the shard by its slots (never by its address), and 200 again
+//! once the shard answers.
+
+use std::time::{Duration, Instant};
+
+use miteos_stream::scope::{Environment, Scope};
+use serde_json::{json, Value};
+
+use crate::support::{RedisCluster, TestServer, WsClient};
+
+/// Polls `/readyz` until its answer satisfies `done`, for up to `secs` (a silent shard is
+/// noticed by the link's health ping: within two ping periods).
+async fn readyz_until(s: &TestServer, secs: u64, done: impl Fn(u16, &Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let r = s.http().await.get("/readyz", None).await;
+        let body = r.json();
+        if done(r.status, &body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "/readyz never as wanted: {} {}", r.status, r.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_node_that_cannot_reach_a_shard_it_needs_is_unready_and_names_the_shards_slots() {
+    let cluster = RedisCluster::start_with(3, 0).await;
+    let a = TestServer::on_cluster(&cluster, |_| {}).await;
+    // A master holding neither the control channel nor the key records: only the
+    // subscriber's channel needs it.
+    let control = cluster.master_of_slot(cluster.slot_of("mt:control").await).await;
+    let keys = cluster.master_of_slot(cluster.slot_of("{mt:keys}").await).await;
+    let mut acct = String::new();
+    let mut master = 0;
+    for i in 0.. {
+        acct = format!("acct_ready{i}");
+        master =
+            cluster.master_of_slot(cluster.slot_of(&format!("mt:live:{acct}:tasks")).await).await;
+        if master != control && master != keys {
+            break;
+        }
+    }
+    let (token, _) = a.key(&acct, Environment::Live, &[Scope::TasksRead]).await;
+    let (mut c, _) = WsClient::authed(&a.ws_url(&token), &token).await;
+    readyz_until(&a, 10, |status, _| status == 200).await;
+
+    let (first, last, _) = *cluster.slot_map().await.iter().find(|(_, _, p)| *p == master).unwrap();
+    cluster.pause(master, true);
+    // While the cluster marks the master failed, other checks fail too (CLUSTERDOWN); the
+    // node says which shard it lacks once its link to it is found dead.
+    let wanted = format!("cannot reach the shard serving slots {first}-{last}");
+    let body = readyz_until(&a, 20, |status, b| {
+        assert!(status == 503 || b["status"] == "ready", "{b}");
+        status == 503 && b["reason"].as_str().is_some_and(|r| r.contains(&wanted))
+    })
+    .await;
+    let reason = body["reason"].as_str().unwrap_or_default();
+    assert!(!reason.contains("127.0.0.1") && !reason.contains(&master.to_string()), "{reason}");
+
+    cluster.pause(master, false);
+    readyz_until(&a, 20, |status, _| status == 200).await;
+    let mut admin = a.admin().await;
+    let sent = a.publish(&mut admin, &acct, "live", "tasks", "task.updated", json!({"n": 1})).await;
+    let got = c.recv_until_offset(sent["offset"].as_u64().unwrap()).await;
+    assert_eq!(got.last().unwrap()["data"]["n"], 1, "the subscription is back on its shard");
+    a.shutdown().await;
+}
