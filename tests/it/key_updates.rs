@@ -1,7 +1,8 @@
 //! Live key updates as open streams see them (issue 13 item 2, SPEC §8). Each rule is a
 //! function of the node the PATCH goes to (`p`) and the node the streams are on (`s`); the
 //! tests here run them on one node, `tests/it_redis/key_updates_nodes.rs` across two nodes
-//! on one Redis. Every change is asserted within 1 s of the PATCH's answer.
+//! on one Redis and on one Redis Cluster. Every change is asserted within 1 s of the PATCH's
+//! answer.
 
 use std::time::{Duration, Instant};
 

@@ -11,6 +11,8 @@ pub const CLUSTER_MODE: bool = true;
 mod support;
 
 mod cluster;
+#[path = "../it_redis/key_updates_nodes.rs"]
+mod key_updates_nodes;
 mod readiness;
 
 // The suites of tests/it_redis, each node on its own cluster.

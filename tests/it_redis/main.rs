@@ -28,6 +28,7 @@ mod key_update_api;
 #[path = "../it/key_updates.rs"]
 mod key_updates;
 mod key_updates_nodes;
+mod key_updates_outage;
 #[path = "../it/protection.rs"]
 mod protection;
 #[path = "../it/scope_diffs.rs"]

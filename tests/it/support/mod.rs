@@ -16,5 +16,7 @@ pub mod ws;
 
 pub use cluster::RedisCluster;
 pub use redis::RedisServer;
-pub use server::TestServer;
+// `Shared` serves the suites that several binaries include (not every binary uses it).
+#[allow(unused_imports)]
+pub use server::{Shared, TestServer};
 pub use ws::WsClient;

@@ -17,6 +17,23 @@ use super::http::HttpClient;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
+/// What several nodes of one test share in Redis mode: one private redis-server, or in
+/// cluster mode one private Redis Cluster of three masters.
+pub enum Shared {
+    Redis(super::RedisServer),
+    Cluster(super::RedisCluster),
+}
+
+impl Shared {
+    pub async fn start() -> Self {
+        if crate::CLUSTER_MODE {
+            Shared::Cluster(super::RedisCluster::start_with(3, 0).await)
+        } else {
+            Shared::Redis(super::RedisServer::start().await)
+        }
+    }
+}
+
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
     pub admin_addr: std::net::SocketAddr,
@@ -49,7 +66,10 @@ impl TestServer {
             close_timeout: std::time::Duration::from_secs(1),
             ..Config::default()
         };
-        let redis = if crate::REDIS_MODE && !crate::CLUSTER_MODE && cfg.redis_url.is_none() {
+        f(&mut cfg);
+        // A private backend unless `f` gave one (a node of a shared Redis or cluster).
+        let given = cfg.redis_url.is_some() || cfg.redis_cluster.is_some();
+        let redis = if crate::REDIS_MODE && !crate::CLUSTER_MODE && !given {
             let r = super::RedisServer::start().await;
             cfg.redis_url = Some(r.url());
             Some(r)
@@ -57,14 +77,13 @@ impl TestServer {
             None
         };
         // Cluster mode: three masters, no replicas (tests of failover start their own).
-        let cluster = if crate::CLUSTER_MODE {
+        let cluster = if crate::CLUSTER_MODE && !given {
             let c = super::RedisCluster::start_with(3, 0).await;
             cfg.redis_cluster = Some(c.seeds());
             Some(c)
         } else {
             None
         };
-        f(&mut cfg);
         let redis_mode = cfg.redis_mode();
         let node = Node::build(cfg).await.expect("node builds");
         let bootstrap =
@@ -95,6 +114,14 @@ impl TestServer {
             f(c)
         })
         .await
+    }
+
+    /// A node on what `shared` holds (the mode's backend), ready.
+    pub async fn on_shared(shared: &Shared, f: impl FnOnce(&mut Config)) -> Self {
+        match shared {
+            Shared::Redis(r) => Self::on_redis(r, f).await,
+            Shared::Cluster(c) => Self::on_cluster(c, f).await,
+        }
     }
 
     /// A node on the Redis Cluster `cluster`, ready.
