@@ -261,6 +261,13 @@ impl KeyStore for RedisKeyStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         let mut c = self.conn().await?;
-        redis::cmd("PING").query_async::<String>(&mut c).await.map(|_| ()).map_err(unavailable)
+        // A keyed read, so that on a cluster it asks the one shard of the key records (a PING
+        // would ask every node, and fail for a dead master the store does not use).
+        redis::cmd("EXISTS")
+            .arg(EXIST)
+            .query_async::<i64>(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
     }
 }

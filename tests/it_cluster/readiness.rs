@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use miteos_stream::scope::{Environment, Scope};
 use serde_json::{json, Value};
 
-use crate::support::{RedisCluster, TestServer, WsClient};
+use crate::support::{cluster::node_conn, RedisCluster, TestServer, WsClient};
 
 /// Polls `/readyz` until its answer satisfies `done`, for up to `secs` (a silent shard is
 /// noticed by the link's health ping: within two ping periods).
@@ -65,5 +65,66 @@ async fn a_node_that_cannot_reach_a_shard_it_needs_is_unready_and_names_the_shar
     let sent = a.publish(&mut admin, &acct, "live", "tasks", "task.updated", json!({"n": 1})).await;
     let got = c.recv_until_offset(sent["offset"].as_u64().unwrap()).await;
     assert_eq!(got.last().unwrap()["data"]["n"], 1, "the subscription is back on its shard");
+    a.shutdown().await;
+}
+
+/// Whether every master but `down` marks it failed (`CLUSTER NODES` flag `fail`).
+async fn marked_failed(masters: &[u16], down: u16) -> bool {
+    for &port in masters.iter().filter(|&&p| p != down) {
+        let mut c = node_conn(port).await;
+        let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut c).await.unwrap();
+        let line = nodes.lines().find(|l| l.contains(&format!(":{down}@"))).unwrap_or_default();
+        if !line.split(' ').nth(2).is_some_and(|f| f.split(',').any(|f| f == "fail")) {
+            return false;
+        }
+    }
+    true
+}
+
+#[tokio::test]
+async fn a_master_the_node_does_not_need_can_hang_and_the_node_stays_ready() {
+    let cluster = RedisCluster::start_with(3, 0).await;
+    let masters = cluster.masters().await;
+    // The other shards keep serving while one is down.
+    for &port in &masters {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("cluster-require-full-coverage")
+            .arg("no")
+            .query_async(&mut node_conn(port).await)
+            .await
+            .unwrap();
+    }
+    let a = TestServer::on_cluster(&cluster, |_| {}).await;
+    let control = cluster.master_of_slot(cluster.slot_of("mt:control").await).await;
+    let keys = cluster.master_of_slot(cluster.slot_of("{mt:keys}").await).await;
+    let unneeded = *masters.iter().find(|&&p| p != control && p != keys).unwrap();
+    // A subscriber on a shard the node needs anyway.
+    let mut acct = String::new();
+    for i in 0.. {
+        acct = format!("acct_need{i}");
+        let channel = format!("mt:live:{acct}:tasks");
+        if cluster.master_of_slot(cluster.slot_of(&channel).await).await != unneeded {
+            break;
+        }
+    }
+    let (token, _) = a.key(&acct, Environment::Live, &[Scope::TasksRead]).await;
+    let (mut c, _) = WsClient::authed(&a.ws_url(&token), &token).await;
+
+    cluster.pause(unneeded, true);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !marked_failed(&masters, unneeded).await {
+        assert!(Instant::now() < deadline, "the cluster never marked {unneeded} failed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..5 {
+        let r = a.http().await.get("/readyz", None).await;
+        assert_eq!(r.status, 200, "a hung master the node does not use: {}", r.body);
+    }
+    let mut admin = a.admin().await;
+    let sent = a.publish(&mut admin, &acct, "live", "tasks", "task.updated", json!({"n": 2})).await;
+    let got = c.recv_until_offset(sent["offset"].as_u64().unwrap()).await;
+    assert_eq!(got.last().unwrap()["data"]["n"], 2);
+    cluster.pause(unneeded, false);
     a.shutdown().await;
 }
