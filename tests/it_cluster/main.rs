@@ -11,6 +11,7 @@ pub const CLUSTER_MODE: bool = true;
 mod support;
 
 mod cluster;
+mod flood;
 #[path = "../it_redis/key_updates_nodes.rs"]
 mod key_updates_nodes;
 mod readiness;
