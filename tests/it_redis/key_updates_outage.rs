@@ -146,16 +146,7 @@ async fn a_cli_update_reaches_a_running_nodes_streams() {
     assert_eq!(code, 0, "{err}");
     let created: serde_json::Value = serde_json::from_str(&out).unwrap();
     let (token, id) = (created["key"].as_str().unwrap(), created["id"].as_str().unwrap());
-    let mut http = crate::support::http::HttpClient::connect(served.addr).await;
-    let mut ready = false;
-    for _ in 0..500 {
-        if http.get("/readyz", None).await.status == 200 {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(ready, "the node never became ready:\n{}", served.output());
+    served.wait_ready().await;
     let (mut c, _) =
         WsClient::authed(&format!("ws://{}/v1/ws?token={token}", served.addr), token).await;
     let update = ["--redis-url", &url, "keys", "update", id, "--scopes", "tasks.read"];

@@ -107,6 +107,18 @@ impl Served {
         self.output.lock().unwrap().clone()
     }
 
+    /// Polls `/readyz` until 200 (the node has connected to Redis), for up to 10 s.
+    pub async fn wait_ready(&self) {
+        let mut http = crate::support::http::HttpClient::connect(self.addr).await;
+        for _ in 0..500 {
+            if http.get("/readyz", None).await.status == 200 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("the node never became ready:\n{}", self.output());
+    }
+
     /// Sends SIGTERM and waits for the exit code.
     pub async fn terminate(&mut self) -> i32 {
         self.signal_term();
@@ -165,17 +177,7 @@ pub async fn cli_keys_publish_revoke(flag: &str, env: &str, url: &str) {
     let created: serde_json::Value = serde_json::from_str(&out).unwrap();
     let (token, id) =
         (created["key"].as_str().unwrap().to_owned(), created["id"].as_str().unwrap().to_owned());
-    // Wait until the node has connected to Redis (a readiness probe).
-    let mut http = crate::support::http::HttpClient::connect(served.addr).await;
-    let mut ready = false;
-    for _ in 0..500 {
-        if http.get("/readyz", None).await.status == 200 {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(ready, "the node never became ready:\n{}", served.output());
+    served.wait_ready().await;
     let (mut c, _) = crate::support::WsClient::authed(
         &format!("ws://{}/v1/ws?token={token}", served.addr),
         &token,
