@@ -1,6 +1,7 @@
 //! `/healthz` (the process runs), `/readyz` (broker and key store answer) and `/metrics`.
 //!
-//! May use: state, metrics, body.  Never: block on a dead backend longer than a second.
+//! May use: state, metrics, body, broker (its error, for the reason).  Never: block on a dead
+//! backend longer than a second.
 
 use std::{sync::Arc, time::Duration};
 
