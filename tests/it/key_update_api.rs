@@ -113,7 +113,7 @@ async fn revoked_and_expired_keys_cannot_be_updated() {
     let s = TestServer::start().await;
     let boot = s.bootstrap.clone();
     let (_, revoked) = s.key("acct_local", Environment::Test, &[TasksRead]).await;
-    let del = s.http().await.delete(&format!("/v1/api-keys/{revoked}"), Some(&boot)).await;
+    let del = s.revoke(&revoked, &boot).await;
     assert_eq!(del.status, 200);
     let r = patch(&s, &boot, &revoked, json!({"name": "back"})).await;
     assert_eq!(outcome(&r), (400, json!("key_revoked"), json!("id")));

@@ -59,7 +59,7 @@ async fn revocation_on_one_node_closes_streams_on_the_other_within_a_second() {
     let (mut on_b, _) = WsClient::authed(&b.ws_url(&token), &token).await;
     // B has the key in its cache now; revocation must evict it there too.
     let started = Instant::now();
-    let revoked = a.http().await.delete(&format!("/v1/api-keys/{id}"), Some(&token)).await;
+    let revoked = a.revoke(&id, &token).await;
     assert_eq!(revoked.status, 200);
     assert_eq!(on_b.expect_close().await, 4003);
     let took = started.elapsed();

@@ -238,7 +238,7 @@ async fn across_nodes_on_a_cluster_revocation_takes_under_a_second_tickets_and_c
     }
     // Revocation on B closes the streams on both nodes within a second.
     let started = Instant::now();
-    let revoked = b.http().await.delete(&format!("/v1/api-keys/{id}"), Some(&token)).await;
+    let revoked = b.revoke(&id, &token).await;
     assert_eq!(revoked.status, 200);
     assert_eq!(on_a.expect_close().await, 4003);
     assert_eq!(by_ticket.expect_close().await, 4003);

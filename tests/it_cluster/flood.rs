@@ -80,7 +80,7 @@ async fn a_revocation_arrives_within_a_second_while_the_control_shard_floods() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let started = Instant::now();
-    let revoked = s.http().await.delete(&format!("/v1/api-keys/{victim_id}"), Some(&token)).await;
+    let revoked = s.revoke(&victim_id, &token).await;
     assert_eq!(revoked.status, 200, "{}", revoked.body);
     let code = tokio::time::timeout(Duration::from_secs(1), victim.expect_close())
         .await

@@ -183,6 +183,11 @@ impl TestServer {
         HttpClient::connect(self.addr).await
     }
 
+    /// `DELETE /v1/api-keys/{id}` with `bearer`: revokes the key.
+    pub async fn revoke(&self, id: &str, bearer: &str) -> super::http::HttpResponse {
+        self.http().await.delete(&format!("/v1/api-keys/{id}"), Some(bearer)).await
+    }
+
     pub async fn admin(&self) -> HttpClient {
         HttpClient::connect(self.admin_addr).await
     }
