@@ -24,28 +24,27 @@ pub async fn readyz(state: &AppState) -> Response<Full<Bytes>> {
         tokio::time::timeout(CHECK_TIMEOUT, state.hub.broker().ping()),
         tokio::time::timeout(CHECK_TIMEOUT, state.keys.store().ping()),
     );
-    let broker_ok = matches!(broker, Ok(Ok(())));
-    // A not-ready broker says why in public words (which slots wait, never an address).
-    let broker_why = match broker {
-        Ok(Err(BrokerError::NotReady(why))) => format!("broker unavailable: {why}"),
-        Err(_) => format!("broker unavailable: no answer within {}s", CHECK_TIMEOUT.as_secs()),
-        _ => "broker unavailable".to_owned(),
+    // What is down; a not-ready broker says why in public words (slots, never an address).
+    let broker_down = match broker {
+        Ok(Ok(())) => None,
+        Ok(Err(BrokerError::NotReady(why))) => Some(format!("broker unavailable: {why}")),
+        Ok(Err(_)) => Some("broker unavailable".to_owned()),
+        Err(_) => {
+            Some(format!("broker unavailable: no answer within {}s", CHECK_TIMEOUT.as_secs()))
+        }
     };
-    let store_ok = matches!(store, Ok(Ok(())));
+    let store_down = (!matches!(store, Ok(Ok(())))).then(|| "key store unavailable".to_owned());
     if state.shutdown.token.is_cancelled() {
         return body::json(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({"status": "unavailable", "reason": "shutting down"}),
         );
     }
-    if broker_ok && store_ok {
+    let down: Vec<String> = broker_down.into_iter().chain(store_down).collect();
+    if down.is_empty() {
         return body::json(StatusCode::OK, &json!({"status": "ready"}));
     }
-    let reason = match (broker_ok, store_ok) {
-        (false, false) => format!("{broker_why}; key store unavailable"),
-        (false, true) => broker_why,
-        _ => "key store unavailable".to_owned(),
-    };
+    let reason = down.join("; ");
     body::json(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "unavailable", "reason": reason}))
 }
 

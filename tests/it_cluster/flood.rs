@@ -21,13 +21,7 @@ async fn a_revocation_arrives_within_a_second_while_the_control_shard_floods() {
     let cluster = RedisCluster::start_with(3, 0).await;
     let control = cluster.master_of_slot(cluster.slot_of("mt:control").await).await;
     // Redis cuts a subscriber off once 4 MiB are queued for it (default: 32 MiB).
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("client-output-buffer-limit")
-        .arg("pubsub 4mb 1mb 1")
-        .query_async(&mut node_conn(control).await)
-        .await
-        .unwrap();
+    cluster.config_set(control, "client-output-buffer-limit", "pubsub 4mb 1mb 1").await;
     let s = TestServer::on_cluster(&cluster, |c| {
         c.max_connections_per_key = 0;
         c.max_connections_per_account = 0;
@@ -37,14 +31,7 @@ async fn a_revocation_arrives_within_a_second_while_the_control_shard_floods() {
     })
     .await;
     // An account whose tasks channel lives on the control channel's master.
-    let mut acct = String::new();
-    for i in 0.. {
-        acct = format!("acct_fl{i}");
-        let slot = cluster.slot_of(&format!("mt:live:{acct}:tasks")).await;
-        if cluster.master_of_slot(slot).await == control {
-            break;
-        }
-    }
+    let (acct, _) = cluster.account_whose_tasks("acct_fl", |m| m == control).await;
     let channel = format!("mt:live:{acct}:tasks");
     let (token, _) = s.key(&acct, Environment::Live, &[Scope::TasksRead, Scope::TeamsWrite]).await;
     // The victim reads another topic: what is measured is the control path, not its outbox.

@@ -32,19 +32,11 @@ async fn a_node_that_cannot_reach_a_shard_it_needs_is_unready_and_names_the_shar
     // subscriber's channel needs it.
     let control = cluster.master_of_slot(cluster.slot_of("mt:control").await).await;
     let keys = cluster.master_of_slot(cluster.slot_of("{mt:keys}").await).await;
-    let mut acct = String::new();
-    let mut master = 0;
-    for i in 0.. {
-        acct = format!("acct_ready{i}");
-        master =
-            cluster.master_of_slot(cluster.slot_of(&format!("mt:live:{acct}:tasks")).await).await;
-        if master != control && master != keys {
-            break;
-        }
-    }
+    let (acct, master) =
+        cluster.account_whose_tasks("acct_ready", |m| m != control && m != keys).await;
     let (token, _) = a.key(&acct, Environment::Live, &[Scope::TasksRead]).await;
     let (mut c, _) = WsClient::authed(&a.ws_url(&token), &token).await;
-    readyz_until(&a, 10, |status, _| status == 200).await;
+    a.wait_ready(200).await;
 
     let (first, last, _) = *cluster.slot_map().await.iter().find(|(_, _, p)| *p == master).unwrap();
     cluster.pause(master, true);
@@ -87,27 +79,14 @@ async fn a_master_the_node_does_not_need_can_hang_and_the_node_stays_ready() {
     let masters = cluster.masters().await;
     // The other shards keep serving while one is down.
     for &port in &masters {
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("cluster-require-full-coverage")
-            .arg("no")
-            .query_async(&mut node_conn(port).await)
-            .await
-            .unwrap();
+        cluster.config_set(port, "cluster-require-full-coverage", "no").await;
     }
     let a = TestServer::on_cluster(&cluster, |_| {}).await;
     let control = cluster.master_of_slot(cluster.slot_of("mt:control").await).await;
     let keys = cluster.master_of_slot(cluster.slot_of("{mt:keys}").await).await;
     let unneeded = *masters.iter().find(|&&p| p != control && p != keys).unwrap();
     // A subscriber on a shard the node needs anyway.
-    let mut acct = String::new();
-    for i in 0.. {
-        acct = format!("acct_need{i}");
-        let channel = format!("mt:live:{acct}:tasks");
-        if cluster.master_of_slot(cluster.slot_of(&channel).await).await != unneeded {
-            break;
-        }
-    }
+    let (acct, _) = cluster.account_whose_tasks("acct_need", |m| m != unneeded).await;
     let (token, _) = a.key(&acct, Environment::Live, &[Scope::TasksRead]).await;
     let (mut c, _) = WsClient::authed(&a.ws_url(&token), &token).await;
 

@@ -4,7 +4,8 @@
 //! closed). When a link is lost (a master died, a failover) or the server drops a channel
 //! (its slot migrated), the manager reads the slot map again, places those channels on their
 //! new owners, and reports a `Gap` so the Hub repairs what was missed from history (SPEC §7,
-//! §9). The node is not ready while channels wait to be placed.
+//! §9). The node is not ready while channels wait to be placed (`readiness` says for which
+//! slots).
 //!
 //! May use: the parent module (its `Inner`, `Queued`), topology, shard, redis_link.
 //! Never: SUBSCRIBE (plain pub/sub is broadcast to every shard of a cluster).

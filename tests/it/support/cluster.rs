@@ -153,6 +153,36 @@ impl RedisCluster {
         map.iter().find(|(a, b, _)| *a <= slot && slot <= *b).map(|(_, _, p)| *p).unwrap()
     }
 
+    /// The first account `{prefix}{i}` whose live `tasks` channel has a master for which
+    /// `want` holds, and that master (to put a channel on, or off, a chosen shard).
+    pub async fn account_whose_tasks(
+        &self,
+        prefix: &str,
+        want: impl Fn(u16) -> bool,
+    ) -> (String, u16) {
+        let map = self.slot_map().await;
+        for i in 0.. {
+            let account = format!("{prefix}{i}");
+            let slot = self.slot_of(&format!("mt:live:{account}:tasks")).await;
+            let master = map.iter().find(|(a, b, _)| *a <= slot && slot <= *b).unwrap().2;
+            if want(master) {
+                return (account, master);
+            }
+        }
+        unreachable!("some account's channel lands on every master")
+    }
+
+    /// `CONFIG SET name value` on the node at `port`.
+    pub async fn config_set(&self, port: u16, name: &str, value: &str) {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async(&mut node_conn(port).await)
+            .await
+            .unwrap();
+    }
+
     /// `PUBSUB SHARDCHANNELS` on one node, sorted.
     pub async fn shard_channels(&self, port: u16) -> Vec<String> {
         let mut v: Vec<String> = redis::cmd("PUBSUB")
