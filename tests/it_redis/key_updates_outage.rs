@@ -10,15 +10,33 @@ use serde_json::json;
 
 use crate::{
     key_updates::{key, patch_ok, publish},
-    support::{proxy::TcpProxy, RedisServer, TestServer, WsClient},
+    support::{http::HttpClient, proxy::TcpProxy, RedisServer, TestServer, WsClient},
 };
 
-/// Node A on `redis` directly, node B through `proxy` (so B alone can lose Redis).
-async fn behind_proxy(redis: &RedisServer, proxy: &TcpProxy) -> (TestServer, TestServer) {
-    let a = TestServer::on_redis(redis, |_| {}).await;
+/// Node A on a private Redis directly, node B through `proxy` (so B alone can lose Redis);
+/// a key made on A with three read scopes, its stream `c` on B, and the key cached on B.
+struct BehindProxy {
+    _redis: RedisServer,
+    proxy: TcpProxy,
+    a: TestServer,
+    b: TestServer,
+    token: String,
+    id: String,
+    c: WsClient,
+    on_b: HttpClient,
+}
+
+async fn behind_proxy() -> BehindProxy {
+    let redis = RedisServer::start().await;
+    let proxy = TcpProxy::start(redis.port).await;
+    let a = TestServer::on_redis(&redis, |_| {}).await;
     let url = proxy.url();
     let b = TestServer::with(|c| c.redis_url = Some(url)).await;
-    (a, b)
+    let (token, id) = key(&a, &[TasksRead, AgentsRead, TeamsRead]).await;
+    let (c, _) = WsClient::authed(&b.ws_url(&token), &token).await;
+    let mut on_b = b.http().await;
+    assert_eq!(on_b.get("/v1/api-keys", Some(&token)).await.status, 200, "cached on B");
+    BehindProxy { _redis: redis, proxy, a, b, token, id, c, on_b }
 }
 
 /// A PATCH while node B is cut off from Redis: B refuses the key meanwhile (it cannot be
@@ -26,13 +44,7 @@ async fn behind_proxy(redis: &RedisServer, proxy: &TcpProxy) -> (TestServer, Tes
 /// loses the removed topic before anything of that topic reaches it.
 #[tokio::test]
 async fn a_patch_during_the_other_nodes_broker_outage_is_applied_when_it_reconnects() {
-    let redis = RedisServer::start().await;
-    let proxy = TcpProxy::start(redis.port).await;
-    let (a, b) = behind_proxy(&redis, &proxy).await;
-    let (token, id) = key(&a, &[TasksRead, AgentsRead, TeamsRead]).await;
-    let (mut c, _) = WsClient::authed(&b.ws_url(&token), &token).await;
-    let mut on_b = b.http().await;
-    assert_eq!(on_b.get("/v1/api-keys", Some(&token)).await.status, 200, "cached on B");
+    let BehindProxy { _redis, proxy, a, b, token, id, mut c, on_b: _ } = behind_proxy().await;
 
     proxy.cut();
     b.wait_ready(503).await;
@@ -62,13 +74,7 @@ async fn a_patch_during_the_other_nodes_broker_outage_is_applied_when_it_reconne
 /// the removed topics.
 #[tokio::test]
 async fn while_the_other_node_cannot_hear_updates_it_reads_keys_from_the_store() {
-    let redis = RedisServer::start().await;
-    let proxy = TcpProxy::start(redis.port).await;
-    let (a, b) = behind_proxy(&redis, &proxy).await;
-    let (token, id) = key(&a, &[TasksRead, AgentsRead, TeamsRead]).await;
-    let (mut c, _) = WsClient::authed(&b.ws_url(&token), &token).await;
-    let mut on_b = b.http().await;
-    assert_eq!(on_b.get("/v1/api-keys", Some(&token)).await.status, 200, "cached on B");
+    let BehindProxy { _redis, proxy, a, b, token, id, mut c, mut on_b } = behind_proxy().await;
 
     proxy.cut_pubsub();
     b.wait_ready(503).await;
@@ -92,13 +98,7 @@ async fn while_the_other_node_cannot_hear_updates_it_reads_keys_from_the_store()
 /// (its control health check failed): by then B no longer serves its cached copy.
 #[tokio::test]
 async fn a_patch_while_the_other_node_hears_nothing_answers_once_it_distrusts_its_cache() {
-    let redis = RedisServer::start().await;
-    let proxy = TcpProxy::start(redis.port).await;
-    let (a, b) = behind_proxy(&redis, &proxy).await;
-    let (token, id) = key(&a, &[TasksRead, AgentsRead, TeamsRead]).await;
-    let (mut c, _) = WsClient::authed(&b.ws_url(&token), &token).await;
-    let mut on_b = b.http().await;
-    assert_eq!(on_b.get("/v1/api-keys", Some(&token)).await.status, 200, "cached on B");
+    let BehindProxy { _redis, proxy, a, b, token, id, mut c, mut on_b } = behind_proxy().await;
 
     proxy.freeze_pubsub();
     let started = Instant::now();
